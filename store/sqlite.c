@@ -1,0 +1,1985 @@
+/*
+ * store/sqlite.c - the SQLite implementation of store/store.h.
+ *
+ * Connections. One write connection behind write_lock, and a small pool of read connections.
+ * SQLite has a single writer per database anyway; notes §4 measured that letting threads race for
+ * it through busy_timeout is unfair (the loser sleeps in SQLite's back-off, seconds of tail latency
+ * under synchronous=FULL), while an in-process mutex keeps latency bounded and even. In WAL mode
+ * readers do not block the writer nor each other, so reads take any free pooled connection and run
+ * in parallel with a write. Connections are opened SQLITE_OPEN_NOMUTEX: each is used by one thread
+ * at a time, guaranteed by our locks, so SQLite's own per-connection mutex would be redundant.
+ * busy_timeout is still set, for another process (acmegw-admin) holding the write lock briefly.
+ *
+ * Durability. The whole store runs with synchronous=FULL, not only the commits that record a
+ * certificate (st_cert_issue, st_cert_revoke, st_crl_next_number). Notes §4: FULL costs one WAL
+ * fsync per commit, ~9 000 commits/s on the target disk, still over 10x the token's signing rate,
+ * and one setting means no commit can be made with the wrong one by accident.
+ *
+ * Statements. Every value is a bound parameter. The only SQL assembled at run time is
+ * st_cert_list's WHERE clause, and only from fixed fragments chosen by which filters are set.
+ * Statements are prepared per call: simple, and cheap next to a FULL commit.
+ *
+ * State changes are conditional (UPDATE ... WHERE id=? AND status=?): 0 rows changed means the
+ * row is missing (AGW_ERR_NOT_FOUND) or was not in the 'from' state (AGW_ERR_CONFLICT), so two
+ * workers racing on one order cannot both win. SQLite codes are translated once, in sql_err().
+ *
+ * Strings. Every value that goes into or comes out of a fixed-size field is length-checked:
+ * too long on the way in is AGW_ERR_BAD_INPUT before anything is written; too long on the way out
+ * (a row written by something else) is AGW_ERR_STORE. Nothing is truncated.
+ *
+ * Migrations are numbered; each runs in its own BEGIN IMMEDIATE transaction together with its
+ * schema_migrations row, after re-reading the version inside that transaction, so two processes
+ * opening a fresh database at once apply each migration once.
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "store/internal.h"
+
+#define ST_N_READERS       4
+#define ST_BUSY_TIMEOUT_MS 5000
+#define ST_RAW_ID_LEN      16
+#define ST_SQL_MAX         1024
+#define ST_KEY_MAX         64 /* the longest lookup key: ID, kid, thumbprint, serial */
+
+struct st_store {
+    pthread_mutex_t write_lock; /* guards wdb; held across the commit and its fsync, by design */
+    sqlite3 *wdb;
+    pthread_mutex_t pool_lock; /* guards reader_busy; never held across I/O */
+    pthread_cond_t pool_cond;  /* signalled when a reader is returned */
+    sqlite3 *readers[ST_N_READERS];
+    int reader_busy[ST_N_READERS];
+    int locks_ready; /* write_lock, pool_lock and pool_cond initialised */
+    unsigned char seal_key[ST_SEAL_KEY_LEN]; /* wiped in st_close() */
+};
+
+/* ---------------------------------------------------------------- schema */
+
+static const char *const migrations[] = {
+    /* 1: the initial schema */
+    "CREATE TABLE eab_keys ("
+    "  kid TEXT PRIMARY KEY,"
+    "  class_name TEXT NOT NULL,"
+    "  hmac_sealed BLOB NOT NULL," /* store/internal.h: version || IV || ciphertext || tag */
+    "  created INTEGER NOT NULL,"
+    "  revoked INTEGER NOT NULL DEFAULT 0,"
+    "  n_accounts INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE accounts ("
+    "  id TEXT PRIMARY KEY,"
+    "  thumbprint TEXT NOT NULL UNIQUE,"
+    "  status TEXT NOT NULL,"
+    "  eab_kid TEXT REFERENCES eab_keys(kid)," /* NULL if none */
+    "  class_name TEXT NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  jwk_json TEXT NOT NULL,"
+    "  contact_json TEXT NOT NULL);"
+    "CREATE INDEX accounts_eab ON accounts(eab_kid);"
+    "CREATE TABLE orders ("
+    "  id TEXT PRIMARY KEY,"
+    "  account_id TEXT NOT NULL REFERENCES accounts(id),"
+    "  status TEXT NOT NULL,"
+    "  class_name TEXT NOT NULL,"
+    "  profile TEXT NOT NULL,"
+    "  cert_serial TEXT NOT NULL,"
+    "  replaces TEXT NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  expires INTEGER NOT NULL,"
+    "  not_before INTEGER NOT NULL,"
+    "  not_after INTEGER NOT NULL,"
+    "  identifiers_json TEXT NOT NULL,"
+    "  error_json TEXT);"
+    "CREATE INDEX orders_account ON orders(account_id, created);"
+    "CREATE INDEX orders_account_status ON orders(account_id, status, created);"
+    "CREATE TABLE authorizations ("
+    "  id TEXT PRIMARY KEY,"
+    "  order_id TEXT NOT NULL REFERENCES orders(id),"
+    "  account_id TEXT NOT NULL REFERENCES accounts(id),"
+    "  id_type TEXT NOT NULL,"
+    "  id_value TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  expires INTEGER NOT NULL,"
+    "  wildcard INTEGER NOT NULL);"
+    "CREATE INDEX authorizations_order ON authorizations(order_id);"
+    "CREATE TABLE challenges ("
+    "  id TEXT PRIMARY KEY,"
+    "  authz_id TEXT NOT NULL REFERENCES authorizations(id),"
+    "  type TEXT NOT NULL,"
+    "  token TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  validated INTEGER NOT NULL,"
+    "  error_json TEXT);"
+    "CREATE INDEX challenges_authz ON challenges(authz_id);"
+    "CREATE TABLE certificates ("
+    "  serial TEXT PRIMARY KEY,"
+    "  order_id TEXT REFERENCES orders(id)," /* NULL for operator-issued */
+    "  account_id TEXT NOT NULL,"
+    "  class_name TEXT NOT NULL,"
+    "  issuer TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  issued INTEGER NOT NULL,"
+    "  not_before INTEGER NOT NULL,"
+    "  not_after INTEGER NOT NULL,"
+    "  revoked_at INTEGER NOT NULL DEFAULT 0,"
+    "  reason INTEGER NOT NULL DEFAULT -1,"
+    "  identifiers TEXT NOT NULL,"
+    "  der BLOB NOT NULL,"
+    "  chain_pem TEXT);"
+    "CREATE INDEX certificates_issuer ON certificates(issuer, status, not_after);"
+    "CREATE INDEX certificates_class ON certificates(class_name, issued);"
+    "CREATE INDEX certificates_not_after ON certificates(not_after);"
+    "CREATE INDEX certificates_order ON certificates(order_id);"
+    "CREATE TABLE crl_numbers ("
+    "  issuer TEXT PRIMARY KEY,"
+    "  number INTEGER NOT NULL);",
+    /* 2: st_cert_list without a class filter lists newest first */
+    "CREATE INDEX certificates_issued ON certificates(issued);",
+};
+#define ST_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* ---------------------------------------------------------------- helpers */
+
+/* The one place SQLite result codes become ours. Unique/foreign-key violations are expected
+ * outcomes (a taken thumbprint, an unknown parent row), so only the rest is logged as an error.
+ * SQLite's messages name tables and columns, never bound values. */
+static int sql_err(sqlite3 *db, int rc, const char *op)
+{
+    int ext = db != NULL ? sqlite3_extended_errcode(db) : rc;
+
+    switch (rc & 0xff) {
+    case SQLITE_NOMEM:
+        return AGW_ERR_NOMEM;
+    case SQLITE_CONSTRAINT:
+        if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) {
+            LOG_DEBUG("store.conflict", "op=%s error=\"%s\"", op, sqlite3_errmsg(db));
+            return AGW_ERR_CONFLICT;
+        }
+        if (ext == SQLITE_CONSTRAINT_FOREIGNKEY) {
+            LOG_DEBUG("store.no_parent", "op=%s error=\"%s\"", op, sqlite3_errmsg(db));
+            return AGW_ERR_NOT_FOUND;
+        }
+        break;
+    default:
+        break;
+    }
+    LOG_ERROR("store.sqlite", "op=%s rc=%d error=\"%s\"", op, ext,
+              db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    return AGW_ERR_STORE;
+}
+
+/* Non-NULL and shorter than its field (room for the NUL). */
+static int fits(const char *v, size_t size)
+{
+    return v != NULL && strnlen(v, size) < size;
+}
+
+/* fits() and not empty. */
+static int given(const char *v, size_t size)
+{
+    return fits(v, size) && v[0] != '\0';
+}
+
+static void copy_str(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, const char *op)
+{
+    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+
+    if (rc != SQLITE_OK) {
+        *st = NULL;
+        return sql_err(db, rc, op);
+    }
+    return 0;
+}
+
+/*
+ * Binds parameters 1.. from fmt, one letter each:
+ *   t  const char *            text; NULL binds NULL
+ *   e  const char *            text; NULL or "" binds NULL (optional foreign keys)
+ *   i  int64_t                 integer
+ *   b  const unsigned char *, size_t   blob
+ * Values are bound SQLITE_STATIC: they must outlive the statement, which every caller finalizes
+ * before returning.
+ */
+static int bindv(sqlite3 *db, sqlite3_stmt *st, const char *op, const char *fmt, ...)
+{
+    va_list ap;
+    int i = 1, rc = SQLITE_OK;
+
+    va_start(ap, fmt);
+    for (const char *f = fmt; *f != '\0' && rc == SQLITE_OK; f++, i++) {
+        const char *t;
+        const unsigned char *b;
+        size_t len;
+
+        switch (*f) {
+        case 't':
+        case 'e':
+            t = va_arg(ap, const char *);
+            if (t == NULL || (*f == 'e' && t[0] == '\0'))
+                rc = sqlite3_bind_null(st, i);
+            else
+                rc = sqlite3_bind_text(st, i, t, -1, SQLITE_STATIC);
+            break;
+        case 'i':
+            rc = sqlite3_bind_int64(st, i, (sqlite3_int64)va_arg(ap, int64_t));
+            break;
+        case 'b':
+            b = va_arg(ap, const unsigned char *);
+            len = va_arg(ap, size_t);
+            rc = sqlite3_bind_blob64(st, i, b, (sqlite3_uint64)len, SQLITE_STATIC);
+            break;
+        default:
+            rc = SQLITE_MISUSE;
+            break;
+        }
+    }
+    va_end(ap);
+    return rc == SQLITE_OK ? 0 : sql_err(db, rc, op);
+}
+
+/* Steps a statement that returns no rows (or whose rows we ignore). */
+static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *op)
+{
+    int rc = sqlite3_step(st);
+
+    while (rc == SQLITE_ROW)
+        rc = sqlite3_step(st);
+    return rc == SQLITE_DONE ? 0 : sql_err(db, rc, op);
+}
+
+/* For fixed SQL without values: pragmas, BEGIN/COMMIT, migrations. */
+static int exec_sql(sqlite3 *db, const char *sql, const char *op)
+{
+    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+    return rc == SQLITE_OK ? 0 : sql_err(db, rc, op);
+}
+
+static int tx_begin(sqlite3 *db, const char *op)
+{
+    return exec_sql(db, "BEGIN IMMEDIATE", op);
+}
+
+static int tx_commit(sqlite3 *db, const char *op)
+{
+    return exec_sql(db, "COMMIT", op);
+}
+
+/* Safe to call whether or not a transaction is open (a failed COMMIT may leave one open). */
+static void tx_rollback(sqlite3 *db)
+{
+    if (sqlite3_get_autocommit(db) == 0)
+        (void)exec_sql(db, "ROLLBACK", "rollback");
+}
+
+/* Copies a text column into a fixed field; NULL reads as "". */
+static int col_fixed(sqlite3_stmt *st, int i, char *dst, size_t size)
+{
+    const unsigned char *t;
+    int n;
+
+    dst[0] = '\0';
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return 0;
+    t = sqlite3_column_text(st, i);
+    if (t == NULL)
+        return AGW_ERR_NOMEM;
+    n = sqlite3_column_bytes(st, i);
+    if (n < 0 || (size_t)n >= size) {
+        LOG_ERROR("store.field_too_long", "column=%s max=%zu", sqlite3_column_name(st, i),
+                  size - 1);
+        return AGW_ERR_STORE;
+    }
+    memcpy(dst, t, (size_t)n);
+    dst[n] = '\0';
+    return 0;
+}
+
+/* Copies a text column into a new string; NULL stays NULL. */
+static int col_dup(sqlite3_stmt *st, int i, char **out)
+{
+    const unsigned char *t;
+    int n;
+
+    *out = NULL;
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return 0;
+    t = sqlite3_column_text(st, i);
+    n = sqlite3_column_bytes(st, i);
+    if (t == NULL || n < 0)
+        return AGW_ERR_NOMEM;
+    *out = malloc((size_t)n + 1);
+    if (*out == NULL)
+        return AGW_ERR_NOMEM;
+    memcpy(*out, t, (size_t)n);
+    (*out)[n] = '\0';
+    return 0;
+}
+
+static int64_t col_i64(sqlite3_stmt *st, int i)
+{
+    return (int64_t)sqlite3_column_int64(st, i);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static sqlite3 *wr_lock(struct st_store *s)
+{
+    pthread_mutex_lock(&s->write_lock);
+    return s->wdb;
+}
+
+static void wr_unlock(struct st_store *s)
+{
+    pthread_mutex_unlock(&s->write_lock);
+}
+
+/* Takes a free read connection, waiting for one if all are in use. */
+static sqlite3 *rd_get(struct st_store *s, size_t *slot)
+{
+    pthread_mutex_lock(&s->pool_lock);
+    for (;;) {
+        for (size_t i = 0; i < ST_N_READERS; i++) {
+            if (!s->reader_busy[i]) {
+                s->reader_busy[i] = 1;
+                pthread_mutex_unlock(&s->pool_lock);
+                *slot = i;
+                return s->readers[i];
+            }
+        }
+        pthread_cond_wait(&s->pool_cond, &s->pool_lock);
+    }
+}
+
+static void rd_put(struct st_store *s, size_t slot)
+{
+    pthread_mutex_lock(&s->pool_lock);
+    s->reader_busy[slot] = 0;
+    pthread_cond_signal(&s->pool_cond);
+    pthread_mutex_unlock(&s->pool_lock);
+}
+
+static int conn_open(const char *path, int writer, sqlite3 **out)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc, err;
+
+    *out = NULL;
+    rc = sqlite3_open_v2(path, &db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
+    if (rc != SQLITE_OK) {
+        err = sql_err(db, rc, "open");
+        goto fail;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, ST_BUSY_TIMEOUT_MS);
+    if (!writer) {
+        /* Readers never write: a bug that tries fails loudly instead of bypassing write_lock. */
+        err = exec_sql(db, "PRAGMA query_only=ON", "open_reader");
+        if (err != 0)
+            goto fail;
+        *out = db;
+        return 0;
+    }
+    /* journal_mode answers with the mode in effect; anything but wal (e.g. a read-only
+     * directory, or a network file system) would silently lose the reader/writer concurrency. */
+    err = prep(db, "PRAGMA journal_mode=WAL", &st, "open_wal");
+    if (err != 0)
+        goto fail;
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        err = sql_err(db, rc, "open_wal");
+        goto fail;
+    }
+    if (sqlite3_column_text(st, 0) == NULL ||
+        strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0) {
+        LOG_ERROR("store.open", "error=wal_refused path=%s", path);
+        err = AGW_ERR_STORE;
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    err = exec_sql(db, "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL", "open_pragmas");
+    if (err != 0)
+        goto fail;
+    *out = db;
+    return 0;
+fail:
+    sqlite3_finalize(st);
+    sqlite3_close(db); /* both accept NULL */
+    return err;
+}
+
+static int read_version(sqlite3 *db, int *version)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, err;
+
+    err = prep(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &st, "version");
+    if (err != 0)
+        return err;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        sqlite3_int64 v = sqlite3_column_int64(st, 0);
+
+        if (v < 0 || v > INT_MAX) {
+            err = AGW_ERR_STORE;
+        } else {
+            *version = (int)v;
+            err = 0;
+        }
+    } else {
+        err = sql_err(db, rc, "version");
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+static int migrate(sqlite3 *db)
+{
+    int err, version = 0;
+
+    err = exec_sql(db,
+                   "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                   "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+                   "migrate");
+    if (err != 0)
+        return err;
+    for (;;) {
+        sqlite3_stmt *st = NULL;
+
+        err = tx_begin(db, "migrate");
+        if (err != 0)
+            return err;
+        err = read_version(db, &version); /* again, inside the write lock: another process */
+        if (err != 0)
+            goto fail;
+        if (version > ST_SCHEMA_VERSION) {
+            LOG_ERROR("store.schema_too_new", "version=%d known=%d", version, ST_SCHEMA_VERSION);
+            err = AGW_ERR_STORE;
+            goto fail;
+        }
+        if (version == ST_SCHEMA_VERSION) {
+            tx_rollback(db); /* nothing to do: an up-to-date database is not written */
+            return 0;
+        }
+        err = exec_sql(db, migrations[version], "migrate");
+        if (err != 0)
+            goto fail;
+        err = prep(db, "INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)", &st,
+                   "migrate");
+        if (err == 0)
+            err = bindv(db, st, "migrate", "ii", (int64_t)version + 1, (int64_t)time(NULL));
+        if (err == 0)
+            err = step_done(db, st, "migrate");
+        sqlite3_finalize(st);
+        if (err == 0)
+            err = tx_commit(db, "migrate");
+        if (err != 0)
+            goto fail;
+        LOG_INFO("store.migrated", "version=%d", version + 1);
+    }
+fail:
+    tx_rollback(db);
+    return err;
+}
+
+int st_open(const char *path, const unsigned char seal_key[32], struct st_store **out)
+{
+    struct st_store *s = NULL;
+    struct stat sb;
+    int fd, err;
+
+    if (out == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    if (path == NULL || path[0] == '\0' || seal_key == NULL)
+        return AGW_ERR_BAD_INPUT;
+    /* Create the file ourselves so it is 0600 whatever the umask is; SQLite gives the -wal and
+     * -shm files the main file's permissions. */
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        LOG_ERROR("store.open", "path=%s errno=%s", path, strerror(errno));
+        return AGW_ERR_IO;
+    }
+    if (fstat(fd, &sb) == 0 && (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+        LOG_WARN("store.open", "path=%s mode=%04o warning=group_or_other_access", path,
+                 (unsigned)(sb.st_mode & 07777));
+    close(fd);
+
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return AGW_ERR_NOMEM;
+    err = AGW_ERR_INTERNAL;
+    if (pthread_mutex_init(&s->write_lock, NULL) != 0) {
+        free(s);
+        return err;
+    }
+    if (pthread_mutex_init(&s->pool_lock, NULL) != 0) {
+        pthread_mutex_destroy(&s->write_lock);
+        free(s);
+        return err;
+    }
+    if (pthread_cond_init(&s->pool_cond, NULL) != 0) {
+        pthread_mutex_destroy(&s->pool_lock);
+        pthread_mutex_destroy(&s->write_lock);
+        free(s);
+        return err;
+    }
+    s->locks_ready = 1;
+    memcpy(s->seal_key, seal_key, ST_SEAL_KEY_LEN);
+
+    err = conn_open(path, 1, &s->wdb);
+    if (err != 0)
+        goto fail;
+    err = migrate(s->wdb);
+    if (err != 0)
+        goto fail;
+    for (size_t i = 0; i < ST_N_READERS; i++) {
+        err = conn_open(path, 0, &s->readers[i]);
+        if (err != 0)
+            goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    st_close(s);
+    return err;
+}
+
+void st_close(struct st_store *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < ST_N_READERS; i++)
+        sqlite3_close(s->readers[i]);
+    sqlite3_close(s->wdb); /* last: the final close checkpoints the WAL */
+    if (s->locks_ready) {
+        pthread_cond_destroy(&s->pool_cond);
+        pthread_mutex_destroy(&s->pool_lock);
+        pthread_mutex_destroy(&s->write_lock);
+    }
+    OPENSSL_cleanse(s->seal_key, sizeof(s->seal_key));
+    free(s);
+}
+
+int st_schema_version(struct st_store *s, int *version)
+{
+    size_t slot;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || version == NULL)
+        return AGW_ERR_BAD_INPUT;
+    db = rd_get(s, &slot);
+    err = read_version(db, version);
+    rd_put(s, slot);
+    return err;
+}
+
+int st_random_id(char *buf, size_t len)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char raw[ST_RAW_ID_LEN];
+    size_t o = 0;
+
+    if (buf == NULL || len < ST_ID_LEN)
+        return AGW_ERR_BAD_INPUT;
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        LOG_ERROR("store.random_id", "error=RAND_bytes");
+        return AGW_ERR_INTERNAL;
+    }
+    /* base64url without padding (RFC 4648 §5): 16 bytes -> 22 characters. */
+    for (size_t i = 0; i < sizeof(raw); i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16;
+        size_t left = sizeof(raw) - i;
+
+        if (left > 1)
+            v |= (uint32_t)raw[i + 1] << 8;
+        if (left > 2)
+            v |= raw[i + 2];
+        buf[o++] = alphabet[(v >> 18) & 63];
+        buf[o++] = alphabet[(v >> 12) & 63];
+        if (left > 1)
+            buf[o++] = alphabet[(v >> 6) & 63];
+        if (left > 2)
+            buf[o++] = alphabet[v & 63];
+    }
+    buf[o] = '\0';
+    return 0;
+}
+
+/*
+ * Generic read: the statement is prepared and bound; each row goes through fn into a new array
+ * element of elem_size bytes (zeroed first). On failure every filled element is released with
+ * clear (may be NULL) and nothing is returned.
+ */
+typedef int (*row_fn)(sqlite3_stmt *st, void *out);
+
+static int collect(sqlite3 *db, sqlite3_stmt *st, const char *op, size_t elem_size, row_fn fn,
+                   void (*clear)(void *), void **out, size_t *n)
+{
+    unsigned char *arr = NULL;
+    size_t cap = 0, cnt = 0;
+    int rc, err = 0;
+
+    *out = NULL;
+    *n = 0;
+    for (;;) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            break;
+        if (rc != SQLITE_ROW) {
+            err = sql_err(db, rc, op);
+            goto fail;
+        }
+        if (cnt == cap) {
+            size_t ncap = cap == 0 ? 8 : cap * 2;
+            unsigned char *narr;
+
+            if (ncap > SIZE_MAX / elem_size) {
+                err = AGW_ERR_NOMEM;
+                goto fail;
+            }
+            narr = realloc(arr, ncap * elem_size);
+            if (narr == NULL) {
+                err = AGW_ERR_NOMEM;
+                goto fail;
+            }
+            arr = narr;
+            cap = ncap;
+        }
+        memset(arr + cnt * elem_size, 0, elem_size);
+        err = fn(st, arr + cnt * elem_size);
+        if (err != 0) {
+            if (clear != NULL)
+                clear(arr + cnt * elem_size);
+            goto fail;
+        }
+        cnt++;
+    }
+    *out = arr;
+    *n = cnt;
+    return 0;
+fail:
+    for (size_t i = 0; clear != NULL && i < cnt; i++)
+        clear(arr + i * elem_size);
+    free(arr);
+    return err;
+}
+
+/* Runs a prepared, bound statement expected to give at most one row, through fn. */
+static int fetch_one(sqlite3 *db, sqlite3_stmt *st, const char *op, row_fn fn, void *out)
+{
+    int rc = sqlite3_step(st);
+
+    if (rc == SQLITE_DONE)
+        return AGW_ERR_NOT_FOUND;
+    if (rc != SQLITE_ROW)
+        return sql_err(db, rc, op);
+    return fn(st, out);
+}
+
+/* Reads one row by a single text key with a pooled reader. */
+static int get_by_key(struct st_store *s, const char *op, const char *sql, const char *key,
+                      row_fn fn, void *out)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db = rd_get(s, &slot);
+    int err;
+
+    err = prep(db, sql, &st, op);
+    if (err == 0)
+        err = bindv(db, st, op, "t", key);
+    if (err == 0)
+        err = fetch_one(db, st, op, fn, out);
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
+/* *exists = whether sql (one text parameter) returns a row. Caller holds the connection. */
+static int row_exists(sqlite3 *db, const char *sql, const char *key, const char *op, int *exists)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, err;
+
+    *exists = 0;
+    err = prep(db, sql, &st, op);
+    if (err == 0)
+        err = bindv(db, st, op, "t", key);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *exists = 1;
+        else if (rc != SQLITE_DONE)
+            err = sql_err(db, rc, op);
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+/*
+ * Runs a conditional UPDATE (bound by the caller) with the write lock held: 0 if exactly one row
+ * changed; else AGW_ERR_NOT_FOUND when exists_sql finds no row for key, AGW_ERR_CONFLICT when it
+ * does (the row was not in the expected state).
+ */
+static int cond_update(sqlite3 *db, sqlite3_stmt *st, const char *op, const char *exists_sql,
+                       const char *key)
+{
+    int err, exists;
+
+    err = step_done(db, st, op);
+    if (err != 0)
+        return err;
+    if (sqlite3_changes(db) == 1)
+        return 0;
+    err = row_exists(db, exists_sql, key, op, &exists);
+    if (err != 0)
+        return err;
+    return exists ? AGW_ERR_CONFLICT : AGW_ERR_NOT_FOUND;
+}
+
+/* ---------------------------------------------------------------- EAB keys */
+
+#define EAB_COLS "kid, class_name, created, revoked, n_accounts"
+
+static int eab_row(sqlite3_stmt *st, void *out)
+{
+    struct st_eab *e = out;
+    int err;
+
+    err = col_fixed(st, 0, e->kid, sizeof(e->kid));
+    if (err == 0)
+        err = col_fixed(st, 1, e->class_name, sizeof(e->class_name));
+    e->created = col_i64(st, 2);
+    e->revoked = col_i64(st, 3);
+    e->n_accounts = col_i64(st, 4);
+    return err;
+}
+
+int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struct st_eab *out,
+                  unsigned char hmac_out[32])
+{
+    unsigned char hmac[32], sealed[32 + ST_SEAL_OVERHEAD];
+    char kid[ST_KID_LEN], id[ST_ID_LEN];
+    size_t sealed_len;
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || out == NULL || hmac_out == NULL || !given(class_name, ST_NAME_LEN))
+        return AGW_ERR_BAD_INPUT;
+    err = st_random_id(id, sizeof(id));
+    if (err != 0)
+        return err;
+    snprintf(kid, sizeof(kid), "kid-%s", id); /* 26 characters: fits */
+    if (RAND_bytes(hmac, sizeof(hmac)) != 1) {
+        LOG_ERROR("store.eab_create", "error=RAND_bytes");
+        return AGW_ERR_INTERNAL;
+    }
+    err = st_seal(s->seal_key, kid, hmac, sizeof(hmac), sealed, sizeof(sealed), &sealed_len);
+    if (err != 0)
+        goto done;
+
+    db = wr_lock(s);
+    err = prep(db,
+               "INSERT INTO eab_keys(kid, class_name, hmac_sealed, created) VALUES (?, ?, ?, ?)",
+               &st, "eab_create");
+    if (err == 0)
+        err = bindv(db, st, "eab_create", "ttbi", kid, class_name,
+                    (const unsigned char *)sealed, sealed_len, now);
+    if (err == 0)
+        err = step_done(db, st, "eab_create");
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    if (err != 0)
+        goto done;
+
+    memset(out, 0, sizeof(*out));
+    copy_str(out->kid, sizeof(out->kid), kid);
+    copy_str(out->class_name, sizeof(out->class_name), class_name);
+    out->created = now;
+    memcpy(hmac_out, hmac, sizeof(hmac));
+    LOG_INFO("store.eab_created", "kid=%s class=%s", kid, class_name);
+done:
+    OPENSSL_cleanse(hmac, sizeof(hmac));
+    return err;
+}
+
+int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned char *hmac,
+               size_t *hmac_len)
+{
+    char key[ST_KID_LEN];
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || out == NULL || hmac == NULL || hmac_len == NULL || !given(kid, ST_KID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    copy_str(key, sizeof(key), kid); /* kid may point into *out, which is cleared next */
+    kid = key;
+    memset(out, 0, sizeof(*out));
+    *hmac_len = 0;
+    db = rd_get(s, &slot);
+    err = prep(db, "SELECT " EAB_COLS ", hmac_sealed FROM eab_keys WHERE kid = ?", &st,
+               "eab_get");
+    if (err == 0)
+        err = bindv(db, st, "eab_get", "t", kid);
+    if (err == 0)
+        err = fetch_one(db, st, "eab_get", eab_row, out);
+    if (err == 0) {
+        /* the blob pointer is valid until the statement moves on: unseal before finalizing */
+        const unsigned char *blob = sqlite3_column_blob(st, 5);
+        int blob_len = sqlite3_column_bytes(st, 5);
+
+        err = st_unseal(s->seal_key, out->kid, blob, blob_len > 0 ? (size_t)blob_len : 0, hmac,
+                        ST_HMAC_MAX, hmac_len);
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    if (err != 0)
+        memset(out, 0, sizeof(*out));
+    return err;
+}
+
+int st_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    void *arr = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    db = rd_get(s, &slot);
+    err = prep(db, "SELECT " EAB_COLS " FROM eab_keys ORDER BY created, rowid", &st, "eab_list");
+    if (err == 0)
+        err = collect(db, st, "eab_list", sizeof(struct st_eab), eab_row, NULL, &arr, n);
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    *out = arr;
+    return err;
+}
+
+int st_eab_revoke(struct st_store *s, const char *kid, int64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    /* revoked = 0 means active, so a revocation must carry a real time */
+    if (s == NULL || !given(kid, ST_KID_LEN) || now <= 0)
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db, "UPDATE eab_keys SET revoked = ? WHERE kid = ? AND revoked = 0", &st,
+               "eab_revoke");
+    if (err == 0)
+        err = bindv(db, st, "eab_revoke", "it", now, kid);
+    if (err == 0)
+        err = cond_update(db, st, "eab_revoke", "SELECT 1 FROM eab_keys WHERE kid = ?", kid);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    if (err == 0)
+        LOG_INFO("store.eab_revoked", "kid=%s", kid);
+    return err;
+}
+
+/* ---------------------------------------------------------------- accounts */
+
+#define ACCOUNT_COLS                                                                          \
+    "id, thumbprint, status, eab_kid, class_name, created, jwk_json, contact_json"
+
+void st_account_clear(struct st_account *a)
+{
+    if (a == NULL)
+        return;
+    free(a->jwk_json);
+    free(a->contact_json);
+    memset(a, 0, sizeof(*a));
+}
+
+static int account_row(sqlite3_stmt *st, void *out)
+{
+    struct st_account *a = out;
+    int err;
+
+    err = col_fixed(st, 0, a->id, sizeof(a->id));
+    if (err == 0)
+        err = col_fixed(st, 1, a->thumbprint, sizeof(a->thumbprint));
+    if (err == 0)
+        err = col_fixed(st, 2, a->status, sizeof(a->status));
+    if (err == 0)
+        err = col_fixed(st, 3, a->eab_kid, sizeof(a->eab_kid));
+    if (err == 0)
+        err = col_fixed(st, 4, a->class_name, sizeof(a->class_name));
+    a->created = col_i64(st, 5);
+    if (err == 0)
+        err = col_dup(st, 6, &a->jwk_json);
+    if (err == 0)
+        err = col_dup(st, 7, &a->contact_json);
+    return err;
+}
+
+static int account_fetch(struct st_store *s, const char *op, const char *sql, const char *key_in,
+                         struct st_account *out)
+{
+    char key[ST_KEY_MAX];
+    int err;
+
+    copy_str(key, sizeof(key), key_in); /* the key may point into *out, cleared next */
+    memset(out, 0, sizeof(*out));
+    err = get_by_key(s, op, sql, key, account_row, out);
+    if (err != 0)
+        st_account_clear(out);
+    return err;
+}
+
+/* With the write lock held and no transaction open: who holds this thumbprint. */
+static void account_holder(sqlite3 *db, const char *thumbprint, char existing_id[ST_ID_LEN])
+{
+    sqlite3_stmt *st = NULL;
+
+    existing_id[0] = '\0';
+    if (prep(db, "SELECT id FROM accounts WHERE thumbprint = ?", &st, "account_holder") == 0 &&
+        bindv(db, st, "account_holder", "t", thumbprint) == 0 && sqlite3_step(st) == SQLITE_ROW)
+        (void)col_fixed(st, 0, existing_id, ST_ID_LEN);
+    sqlite3_finalize(st);
+}
+
+/*
+ * Binding to an EAB key is part of the same transaction: the key must exist (AGW_ERR_NOT_FOUND)
+ * and not be revoked (AGW_ERR_UNAUTHORIZED: header "no new bindings"), its n_accounts goes up by
+ * one, and the account takes the key's class_name (copied back into a->class_name).
+ * a->status "" means "valid"; a->contact_json NULL means "[]".
+ */
+int st_account_create(struct st_store *s, struct st_account *a, char existing_id[ST_ID_LEN])
+{
+    char id[ST_ID_LEN], class_name[ST_NAME_LEN];
+    const char *status;
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (existing_id != NULL)
+        existing_id[0] = '\0';
+    if (s == NULL || a == NULL || !given(a->thumbprint, sizeof(a->thumbprint)) ||
+        !fits(a->status, sizeof(a->status)) || !fits(a->eab_kid, sizeof(a->eab_kid)) ||
+        !fits(a->class_name, sizeof(a->class_name)) || a->jwk_json == NULL)
+        return AGW_ERR_BAD_INPUT;
+    status = a->status[0] != '\0' ? a->status : "valid";
+    copy_str(class_name, sizeof(class_name), a->class_name);
+    err = st_random_id(id, sizeof(id));
+    if (err != 0)
+        return err;
+
+    db = wr_lock(s);
+    err = tx_begin(db, "account_create");
+    if (err != 0)
+        goto unlock;
+    if (a->eab_kid[0] != '\0') {
+        err = prep(db, "UPDATE eab_keys SET n_accounts = n_accounts + 1 "
+                       "WHERE kid = ? AND revoked = 0 RETURNING class_name",
+                   &st, "account_create");
+        if (err == 0)
+            err = bindv(db, st, "account_create", "t", a->eab_kid);
+        if (err == 0) {
+            int rc = sqlite3_step(st);
+
+            if (rc == SQLITE_ROW) {
+                err = col_fixed(st, 0, class_name, sizeof(class_name));
+                if (err == 0)
+                    err = step_done(db, st, "account_create");
+            } else if (rc == SQLITE_DONE) {
+                int exists;
+
+                err = row_exists(db, "SELECT 1 FROM eab_keys WHERE kid = ?", a->eab_kid,
+                                 "account_create", &exists);
+                if (err == 0)
+                    err = exists ? AGW_ERR_UNAUTHORIZED : AGW_ERR_NOT_FOUND;
+            } else {
+                err = sql_err(db, rc, "account_create");
+            }
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        if (err != 0)
+            goto rollback;
+    }
+    err = prep(db, "INSERT INTO accounts(" ACCOUNT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)", &st,
+               "account_create");
+    if (err == 0)
+        err = bindv(db, st, "account_create", "tttetitt", id, a->thumbprint, status, a->eab_kid,
+                    class_name, a->created, a->jwk_json,
+                    a->contact_json != NULL ? a->contact_json : "[]");
+    if (err == 0)
+        err = step_done(db, st, "account_create");
+    sqlite3_finalize(st);
+    if (err != 0)
+        goto rollback;
+    err = tx_commit(db, "account_create");
+    if (err != 0)
+        goto rollback;
+    wr_unlock(s);
+    copy_str(a->id, sizeof(a->id), id);
+    copy_str(a->status, sizeof(a->status), status);
+    copy_str(a->class_name, sizeof(a->class_name), class_name);
+    return 0;
+rollback:
+    tx_rollback(db);
+    if (err == AGW_ERR_CONFLICT && existing_id != NULL)
+        account_holder(db, a->thumbprint, existing_id);
+unlock:
+    wr_unlock(s);
+    return err;
+}
+
+int st_account_get(struct st_store *s, const char *id, struct st_account *out)
+{
+    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    return account_fetch(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = ?",
+                         id, out);
+}
+
+int st_account_by_thumbprint(struct st_store *s, const char *thumbprint, struct st_account *out)
+{
+    if (s == NULL || out == NULL || !given(thumbprint, ST_THUMB_LEN))
+        return AGW_ERR_BAD_INPUT;
+    return account_fetch(s, "account_by_thumbprint",
+                         "SELECT " ACCOUNT_COLS " FROM accounts WHERE thumbprint = ?", thumbprint,
+                         out);
+}
+
+int st_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(id, ST_ID_LEN) || contact_json == NULL)
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db, "UPDATE accounts SET contact_json = ? WHERE id = ?", &st, "account_contact");
+    if (err == 0)
+        err = bindv(db, st, "account_contact", "tt", contact_json, id);
+    if (err == 0)
+        err = step_done(db, st, "account_contact");
+    if (err == 0 && sqlite3_changes(db) != 1)
+        err = AGW_ERR_NOT_FOUND;
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+int st_account_deactivate(struct st_store *s, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db, "UPDATE accounts SET status = 'deactivated' WHERE id = ? AND status = 'valid'",
+               &st, "account_deactivate");
+    if (err == 0)
+        err = bindv(db, st, "account_deactivate", "t", id);
+    if (err == 0)
+        err = cond_update(db, st, "account_deactivate", "SELECT 1 FROM accounts WHERE id = ?",
+                          id);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+int st_account_set_key(struct st_store *s, const char *id, const char *thumbprint,
+                       const char *jwk_json)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(id, ST_ID_LEN) || !given(thumbprint, ST_THUMB_LEN) ||
+        jwk_json == NULL)
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db, "UPDATE accounts SET thumbprint = ?, jwk_json = ? WHERE id = ?", &st,
+               "account_set_key");
+    if (err == 0)
+        err = bindv(db, st, "account_set_key", "ttt", thumbprint, jwk_json, id);
+    if (err == 0)
+        err = step_done(db, st, "account_set_key");
+    if (err == 0 && sqlite3_changes(db) != 1)
+        err = AGW_ERR_NOT_FOUND;
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+/* ---------------------------------------------------------------- orders */
+
+#define ORDER_COLS                                                                            \
+    "id, account_id, status, class_name, profile, cert_serial, replaces, created, expires, "  \
+    "not_before, not_after, identifiers_json, error_json"
+
+void st_order_clear(struct st_order *o)
+{
+    if (o == NULL)
+        return;
+    free(o->identifiers_json);
+    free(o->error_json);
+    memset(o, 0, sizeof(*o));
+}
+
+static int order_row(sqlite3_stmt *st, void *out)
+{
+    struct st_order *o = out;
+    int err;
+
+    err = col_fixed(st, 0, o->id, sizeof(o->id));
+    if (err == 0)
+        err = col_fixed(st, 1, o->account_id, sizeof(o->account_id));
+    if (err == 0)
+        err = col_fixed(st, 2, o->status, sizeof(o->status));
+    if (err == 0)
+        err = col_fixed(st, 3, o->class_name, sizeof(o->class_name));
+    if (err == 0)
+        err = col_fixed(st, 4, o->profile, sizeof(o->profile));
+    if (err == 0)
+        err = col_fixed(st, 5, o->cert_serial, sizeof(o->cert_serial));
+    if (err == 0)
+        err = col_fixed(st, 6, o->replaces, sizeof(o->replaces));
+    o->created = col_i64(st, 7);
+    o->expires = col_i64(st, 8);
+    o->not_before = col_i64(st, 9);
+    o->not_after = col_i64(st, 10);
+    if (err == 0)
+        err = col_dup(st, 11, &o->identifiers_json);
+    if (err == 0)
+        err = col_dup(st, 12, &o->error_json);
+    return err;
+}
+
+static int state_ok(const char *state)
+{
+    return given(state, ST_STATE_LEN);
+}
+
+static int order_input_ok(const struct st_order *o)
+{
+    return given(o->account_id, sizeof(o->account_id)) && fits(o->status, sizeof(o->status)) &&
+           fits(o->class_name, sizeof(o->class_name)) && fits(o->profile, sizeof(o->profile)) &&
+           fits(o->cert_serial, sizeof(o->cert_serial)) &&
+           fits(o->replaces, sizeof(o->replaces)) && o->identifiers_json != NULL;
+}
+
+static int authz_input_ok(const struct st_authz *a)
+{
+    return fits(a->account_id, sizeof(a->account_id)) && given(a->id_type, sizeof(a->id_type)) &&
+           fits(a->status, sizeof(a->status)) && a->id_value != NULL;
+}
+
+static int chal_input_ok(const struct st_new_challenge *c, size_t n_authz)
+{
+    return c->authz_index < n_authz && given(c->c.type, sizeof(c->c.type)) &&
+           given(c->c.token, sizeof(c->c.token)) && fits(c->c.status, sizeof(c->c.status));
+}
+
+static const char *or_default(const char *v, const char *dflt)
+{
+    return v[0] != '\0' ? v : dflt;
+}
+
+/*
+ * Empty status fields default to "pending"; an authorization's empty account_id takes the
+ * order's. Everything is checked before the transaction starts, so bad input writes nothing.
+ */
+int st_order_create(struct st_store *s, struct st_order *o, struct st_authz *authz, size_t n_authz,
+                    struct st_new_challenge *chal, size_t n_chal)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || o == NULL || !order_input_ok(o) || (n_authz > 0 && authz == NULL) ||
+        (n_chal > 0 && chal == NULL))
+        return AGW_ERR_BAD_INPUT;
+    for (size_t i = 0; i < n_authz; i++)
+        if (!authz_input_ok(&authz[i]))
+            return AGW_ERR_BAD_INPUT;
+    for (size_t j = 0; j < n_chal; j++)
+        if (!chal_input_ok(&chal[j], n_authz))
+            return AGW_ERR_BAD_INPUT;
+
+    err = st_random_id(o->id, sizeof(o->id));
+    for (size_t i = 0; err == 0 && i < n_authz; i++) {
+        err = st_random_id(authz[i].id, sizeof(authz[i].id));
+        copy_str(authz[i].order_id, sizeof(authz[i].order_id), o->id);
+        if (authz[i].account_id[0] == '\0')
+            copy_str(authz[i].account_id, sizeof(authz[i].account_id), o->account_id);
+        copy_str(authz[i].status, sizeof(authz[i].status), or_default(authz[i].status, "pending"));
+    }
+    for (size_t j = 0; err == 0 && j < n_chal; j++) {
+        struct st_challenge *c = &chal[j].c;
+
+        err = st_random_id(c->id, sizeof(c->id));
+        copy_str(c->authz_id, sizeof(c->authz_id), authz[chal[j].authz_index].id);
+        copy_str(c->status, sizeof(c->status), or_default(c->status, "pending"));
+    }
+    if (err != 0)
+        return err;
+    copy_str(o->status, sizeof(o->status), or_default(o->status, "pending"));
+
+    db = wr_lock(s);
+    err = tx_begin(db, "order_create");
+    if (err != 0)
+        goto unlock;
+    err = prep(db, "INSERT INTO orders(" ORDER_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", &st,
+               "order_create");
+    if (err == 0)
+        err = bindv(db, st, "order_create", "tttttttiiiitt", o->id, o->account_id, o->status,
+                    o->class_name, o->profile, o->cert_serial, o->replaces, o->created,
+                    o->expires, o->not_before, o->not_after, o->identifiers_json, o->error_json);
+    if (err == 0)
+        err = step_done(db, st, "order_create");
+    sqlite3_finalize(st);
+    st = NULL;
+    if (err != 0)
+        goto rollback;
+
+    err = prep(db,
+               "INSERT INTO authorizations(id, order_id, account_id, id_type, id_value, status, "
+               "expires, wildcard) VALUES (?,?,?,?,?,?,?,?)",
+               &st, "order_create");
+    for (size_t i = 0; err == 0 && i < n_authz; i++) {
+        const struct st_authz *a = &authz[i];
+
+        err = bindv(db, st, "order_create", "ttttttii", a->id, a->order_id, a->account_id,
+                    a->id_type, a->id_value, a->status, a->expires, (int64_t)(a->wildcard != 0));
+        if (err == 0)
+            err = step_done(db, st, "order_create");
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (err != 0)
+        goto rollback;
+
+    err = prep(db,
+               "INSERT INTO challenges(id, authz_id, type, token, status, validated, error_json) "
+               "VALUES (?,?,?,?,?,?,?)",
+               &st, "order_create");
+    for (size_t j = 0; err == 0 && j < n_chal; j++) {
+        const struct st_challenge *c = &chal[j].c;
+
+        err = bindv(db, st, "order_create", "tttttit", c->id, c->authz_id, c->type, c->token,
+                    c->status, c->validated, c->error_json);
+        if (err == 0)
+            err = step_done(db, st, "order_create");
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    if (err != 0)
+        goto rollback;
+    err = tx_commit(db, "order_create");
+    if (err != 0)
+        goto rollback;
+    wr_unlock(s);
+    return 0;
+rollback:
+    tx_rollback(db);
+unlock:
+    wr_unlock(s);
+    return err;
+}
+
+int st_order_get(struct st_store *s, const char *id, struct st_order *out)
+{
+    char key[ST_ID_LEN];
+    int err;
+
+    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
+    id = key;
+    memset(out, 0, sizeof(*out));
+    err = get_by_key(s, "order_get", "SELECT " ORDER_COLS " FROM orders WHERE id = ?", id,
+                     order_row, out);
+    if (err != 0)
+        st_order_clear(out);
+    return err;
+}
+
+static int id_row(sqlite3_stmt *st, void *out)
+{
+    return col_fixed(st, 0, out, ST_ID_LEN);
+}
+
+/* max 0 means no cap, as in st_cert_filter. */
+int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t max,
+                            char (**ids)[ST_ID_LEN], size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    void *arr = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int err;
+
+    if (ids == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *ids = NULL;
+    *n = 0;
+    if (s == NULL || !given(account_id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    db = rd_get(s, &slot);
+    err = prep(db,
+               "SELECT id FROM orders WHERE account_id = ? ORDER BY created DESC, rowid DESC "
+               "LIMIT ?",
+               &st, "order_ids");
+    if (err == 0)
+        err = bindv(db, st, "order_ids", "ti", account_id,
+                    max == 0 || max > INT64_MAX ? (int64_t)-1 : (int64_t)max);
+    if (err == 0)
+        err = collect(db, st, "order_ids", ST_ID_LEN, id_row, NULL, &arr, n);
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    *ids = arr;
+    return err;
+}
+
+int st_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
+                        const char *error_json)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    /* error_json NULL keeps what is there */
+    err = prep(db,
+               "UPDATE orders SET status = ?, error_json = COALESCE(?, error_json) "
+               "WHERE id = ? AND status = ?",
+               &st, "order_transition");
+    if (err == 0)
+        err = bindv(db, st, "order_transition", "tttt", to, error_json, id, from);
+    if (err == 0)
+        err = cond_update(db, st, "order_transition", "SELECT 1 FROM orders WHERE id = ?", id);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+/* status NULL counts orders in any state. */
+int st_order_count(struct st_store *s, const char *account_id, const char *status, int64_t since,
+                   int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int rc, err;
+
+    if (s == NULL || n == NULL || !given(account_id, ST_ID_LEN) ||
+        (status != NULL && !state_ok(status)))
+        return AGW_ERR_BAD_INPUT;
+    *n = 0;
+    db = rd_get(s, &slot);
+    err = prep(db,
+               status != NULL ? "SELECT count(*) FROM orders WHERE account_id = ? AND created >= ? "
+                                "AND status = ?"
+                              : "SELECT count(*) FROM orders WHERE account_id = ? AND created >= ?",
+               &st, "order_count");
+    if (err == 0)
+        err = status != NULL ? bindv(db, st, "order_count", "tit", account_id, since, status)
+                             : bindv(db, st, "order_count", "ti", account_id, since);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *n = col_i64(st, 0);
+        else
+            err = sql_err(db, rc, "order_count");
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
+/* ---------------------------------------------------------------- authorizations */
+
+#define AUTHZ_COLS "id, order_id, account_id, id_type, id_value, status, expires, wildcard"
+
+void st_authz_clear(struct st_authz *a)
+{
+    if (a == NULL)
+        return;
+    free(a->id_value);
+    memset(a, 0, sizeof(*a));
+}
+
+static void authz_clear_v(void *a)
+{
+    st_authz_clear(a);
+}
+
+static int authz_row(sqlite3_stmt *st, void *out)
+{
+    struct st_authz *a = out;
+    int err;
+
+    err = col_fixed(st, 0, a->id, sizeof(a->id));
+    if (err == 0)
+        err = col_fixed(st, 1, a->order_id, sizeof(a->order_id));
+    if (err == 0)
+        err = col_fixed(st, 2, a->account_id, sizeof(a->account_id));
+    if (err == 0)
+        err = col_fixed(st, 3, a->id_type, sizeof(a->id_type));
+    if (err == 0)
+        err = col_dup(st, 4, &a->id_value);
+    if (err == 0)
+        err = col_fixed(st, 5, a->status, sizeof(a->status));
+    a->expires = col_i64(st, 6);
+    a->wildcard = sqlite3_column_int(st, 7) != 0;
+    return err;
+}
+
+int st_authz_get(struct st_store *s, const char *id, struct st_authz *out)
+{
+    char key[ST_ID_LEN];
+    int err;
+
+    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
+    id = key;
+    memset(out, 0, sizeof(*out));
+    err = get_by_key(s, "authz_get", "SELECT " AUTHZ_COLS " FROM authorizations WHERE id = ?", id,
+                     authz_row, out);
+    if (err != 0)
+        st_authz_clear(out);
+    return err;
+}
+
+/* Lists rows of sql (one text parameter) with a pooled reader. */
+static int list_by_key(struct st_store *s, const char *op, const char *sql, const char *key,
+                       size_t elem_size, row_fn fn, void (*clear)(void *), void **out, size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db = rd_get(s, &slot);
+    int err;
+
+    err = prep(db, sql, &st, op);
+    if (err == 0)
+        err = bindv(db, st, op, "t", key);
+    if (err == 0)
+        err = collect(db, st, op, elem_size, fn, clear, out, n);
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
+int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
+                           size_t *n)
+{
+    void *arr = NULL;
+    int err;
+
+    if (out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || !given(order_id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    /* rowid order is insertion order: the order's authorizations as the client listed them */
+    err = list_by_key(s, "authz_list",
+                      "SELECT " AUTHZ_COLS " FROM authorizations WHERE order_id = ? ORDER BY rowid",
+                      order_id, sizeof(struct st_authz), authz_row, authz_clear_v, &arr, n);
+    *out = arr;
+    return err;
+}
+
+int st_authz_transition(struct st_store *s, const char *id, const char *from, const char *to)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db, "UPDATE authorizations SET status = ? WHERE id = ? AND status = ?", &st,
+               "authz_transition");
+    if (err == 0)
+        err = bindv(db, st, "authz_transition", "ttt", to, id, from);
+    if (err == 0)
+        err = cond_update(db, st, "authz_transition",
+                          "SELECT 1 FROM authorizations WHERE id = ?", id);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+/* ---------------------------------------------------------------- challenges */
+
+#define CHAL_COLS "id, authz_id, type, token, status, validated, error_json"
+
+void st_challenge_clear(struct st_challenge *c)
+{
+    if (c == NULL)
+        return;
+    free(c->error_json);
+    memset(c, 0, sizeof(*c));
+}
+
+static void chal_clear_v(void *c)
+{
+    st_challenge_clear(c);
+}
+
+static int chal_row(sqlite3_stmt *st, void *out)
+{
+    struct st_challenge *c = out;
+    int err;
+
+    err = col_fixed(st, 0, c->id, sizeof(c->id));
+    if (err == 0)
+        err = col_fixed(st, 1, c->authz_id, sizeof(c->authz_id));
+    if (err == 0)
+        err = col_fixed(st, 2, c->type, sizeof(c->type));
+    if (err == 0)
+        err = col_fixed(st, 3, c->token, sizeof(c->token));
+    if (err == 0)
+        err = col_fixed(st, 4, c->status, sizeof(c->status));
+    c->validated = col_i64(st, 5);
+    if (err == 0)
+        err = col_dup(st, 6, &c->error_json);
+    return err;
+}
+
+int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
+{
+    char key[ST_ID_LEN];
+    int err;
+
+    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
+    id = key;
+    memset(out, 0, sizeof(*out));
+    err = get_by_key(s, "challenge_get", "SELECT " CHAL_COLS " FROM challenges WHERE id = ?", id,
+                     chal_row, out);
+    if (err != 0)
+        st_challenge_clear(out);
+    return err;
+}
+
+int st_challenge_list_by_authz(struct st_store *s, const char *authz_id,
+                               struct st_challenge **out, size_t *n)
+{
+    void *arr = NULL;
+    int err;
+
+    if (out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || !given(authz_id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    err = list_by_key(s, "challenge_list",
+                      "SELECT " CHAL_COLS " FROM challenges WHERE authz_id = ? ORDER BY rowid",
+                      authz_id, sizeof(struct st_challenge), chal_row, chal_clear_v, &arr, n);
+    *out = arr;
+    return err;
+}
+
+int st_challenge_transition(struct st_store *s, const char *id, const char *from, const char *to,
+                            int64_t validated, const char *error_json)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db,
+               "UPDATE challenges SET status = ?, validated = ?, error_json = ? "
+               "WHERE id = ? AND status = ?",
+               &st, "challenge_transition");
+    if (err == 0)
+        err = bindv(db, st, "challenge_transition", "titt" "t", to, validated, error_json, id,
+                    from);
+    if (err == 0)
+        err = cond_update(db, st, "challenge_transition", "SELECT 1 FROM challenges WHERE id = ?",
+                          id);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+/* ---------------------------------------------------------------- certificates */
+
+#define CERT_COLS                                                                             \
+    "serial, order_id, account_id, class_name, issuer, status, issued, not_before, not_after, " \
+    "revoked_at, reason, identifiers"
+
+void st_cert_clear(struct st_cert *c)
+{
+    if (c == NULL)
+        return;
+    free(c->identifiers);
+    free(c->der);
+    free(c->chain_pem);
+    memset(c, 0, sizeof(*c));
+}
+
+static void cert_clear_v(void *c)
+{
+    st_cert_clear(c);
+}
+
+static int cert_row(sqlite3_stmt *st, void *out)
+{
+    struct st_cert *c = out;
+    int64_t reason;
+    int err;
+
+    err = col_fixed(st, 0, c->serial, sizeof(c->serial));
+    if (err == 0)
+        err = col_fixed(st, 1, c->order_id, sizeof(c->order_id));
+    if (err == 0)
+        err = col_fixed(st, 2, c->account_id, sizeof(c->account_id));
+    if (err == 0)
+        err = col_fixed(st, 3, c->class_name, sizeof(c->class_name));
+    if (err == 0)
+        err = col_fixed(st, 4, c->issuer, sizeof(c->issuer));
+    if (err == 0)
+        err = col_fixed(st, 5, c->status, sizeof(c->status));
+    c->issued = col_i64(st, 6);
+    c->not_before = col_i64(st, 7);
+    c->not_after = col_i64(st, 8);
+    c->revoked_at = col_i64(st, 9);
+    reason = col_i64(st, 10);
+    c->reason = reason >= -1 && reason <= INT_MAX ? (int)reason : -1;
+    if (err == 0)
+        err = col_dup(st, 11, &c->identifiers);
+    return err;
+}
+
+/* cert_row plus der (column 12) and chain_pem (13). */
+static int cert_row_full(sqlite3_stmt *st, void *out)
+{
+    struct st_cert *c = out;
+    const void *der;
+    int n, err;
+
+    err = cert_row(st, c);
+    if (err != 0)
+        return err;
+    der = sqlite3_column_blob(st, 12);
+    n = sqlite3_column_bytes(st, 12);
+    if (n > 0 && der != NULL) {
+        c->der = malloc((size_t)n);
+        if (c->der == NULL)
+            return AGW_ERR_NOMEM;
+        memcpy(c->der, der, (size_t)n);
+        c->der_len = (size_t)n;
+    }
+    return col_dup(st, 13, &c->chain_pem);
+}
+
+static int cert_input_ok(const struct st_cert *c)
+{
+    return given(c->serial, sizeof(c->serial)) && fits(c->order_id, sizeof(c->order_id)) &&
+           fits(c->account_id, sizeof(c->account_id)) &&
+           fits(c->class_name, sizeof(c->class_name)) && given(c->issuer, sizeof(c->issuer)) &&
+           c->der != NULL && c->der_len > 0 && c->der_len <= INT_MAX;
+}
+
+/*
+ * The certificate is always recorded "valid", not revoked (c->status, revoked_at and reason are
+ * ignored): issuance and revocation are separate, each with its own durable commit.
+ */
+int st_cert_issue(struct st_store *s, const struct st_cert *c)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || c == NULL || !cert_input_ok(c))
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = tx_begin(db, "cert_issue");
+    if (err != 0)
+        goto unlock;
+    if (c->order_id[0] != '\0') {
+        /* §7.4: only an order being finalized becomes valid, and only once */
+        err = prep(db,
+                   "UPDATE orders SET status = 'valid', cert_serial = ? "
+                   "WHERE id = ? AND status = 'processing'",
+                   &st, "cert_issue");
+        if (err == 0)
+            err = bindv(db, st, "cert_issue", "tt", c->serial, c->order_id);
+        if (err == 0)
+            err = cond_update(db, st, "cert_issue", "SELECT 1 FROM orders WHERE id = ?",
+                              c->order_id);
+        sqlite3_finalize(st);
+        st = NULL;
+        if (err != 0)
+            goto rollback;
+    }
+    err = prep(db,
+               "INSERT INTO certificates(serial, order_id, account_id, class_name, issuer, status, "
+               "issued, not_before, not_after, revoked_at, reason, identifiers, der, chain_pem) "
+               "VALUES (?, ?, ?, ?, ?, 'valid', ?, ?, ?, 0, -1, ?, ?, ?)",
+               &st, "cert_issue");
+    if (err == 0)
+        err = bindv(db, st, "cert_issue", "tettt" "iii" "tbt", c->serial, c->order_id,
+                    c->account_id, c->class_name, c->issuer, c->issued, c->not_before,
+                    c->not_after, c->identifiers != NULL ? c->identifiers : "",
+                    (const unsigned char *)c->der, c->der_len, c->chain_pem);
+    if (err == 0)
+        err = step_done(db, st, "cert_issue");
+    sqlite3_finalize(st);
+    if (err != 0)
+        goto rollback;
+    err = tx_commit(db, "cert_issue"); /* synchronous=FULL: on disk when this returns */
+    if (err != 0)
+        goto rollback;
+    wr_unlock(s);
+    LOG_INFO("store.cert_recorded", "serial=%s order=%s issuer=%s", c->serial, c->order_id,
+             c->issuer);
+    return 0;
+rollback:
+    tx_rollback(db);
+unlock:
+    wr_unlock(s);
+    return err;
+}
+
+int st_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
+{
+    char key[ST_SERIAL_LEN];
+    int err;
+
+    if (s == NULL || out == NULL || !given(serial, ST_SERIAL_LEN))
+        return AGW_ERR_BAD_INPUT;
+    copy_str(key, sizeof(key), serial); /* may point into *out, cleared next */
+    serial = key;
+    memset(out, 0, sizeof(*out));
+    err = get_by_key(s, "cert_get",
+                     "SELECT " CERT_COLS ", der, chain_pem FROM certificates WHERE serial = ?",
+                     serial, cert_row_full, out);
+    if (err != 0)
+        st_cert_clear(out);
+    return err;
+}
+
+/* Appends a fixed SQL fragment; the fragments are constants, never values. */
+static void sql_add(char *sql, const char *frag)
+{
+    size_t used = strlen(sql), n = strlen(frag);
+
+    if (used + n < ST_SQL_MAX)
+        memcpy(sql + used, frag, n + 1);
+}
+
+int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_cert **out,
+                 size_t *n)
+{
+    char sql[ST_SQL_MAX] = "SELECT " CERT_COLS " FROM certificates WHERE 1";
+    sqlite3_stmt *st = NULL;
+    void *arr = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int err, i = 1, rc = SQLITE_OK;
+
+    if (out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || f == NULL || (f->class_name != NULL && !fits(f->class_name, ST_NAME_LEN)))
+        return AGW_ERR_BAD_INPUT;
+    if (f->status != NULL && strcmp(f->status, "valid") != 0 &&
+        strcmp(f->status, "revoked") != 0 && strcmp(f->status, "expired") != 0)
+        return AGW_ERR_BAD_INPUT;
+    if (f->class_name != NULL)
+        sql_add(sql, " AND class_name = ?");
+    if (f->identifier != NULL)
+        sql_add(sql, " AND instr(identifiers, ?) > 0");
+    /* "valid" lists certificates still in their validity period; past it they are "expired" */
+    if (f->status != NULL && strcmp(f->status, "revoked") == 0)
+        sql_add(sql, " AND status = 'revoked'");
+    else if (f->status != NULL && strcmp(f->status, "valid") == 0)
+        sql_add(sql, " AND status = 'valid' AND not_after >= ?");
+    else if (f->status != NULL)
+        sql_add(sql, " AND status = 'valid' AND not_after < ?");
+    if (f->expiring_before != 0)
+        sql_add(sql, " AND not_after < ?");
+    sql_add(sql, " ORDER BY issued DESC, rowid DESC LIMIT ?");
+
+    db = rd_get(s, &slot);
+    err = prep(db, sql, &st, "cert_list");
+    if (err != 0)
+        goto done;
+    if (f->class_name != NULL)
+        rc = sqlite3_bind_text(st, i++, f->class_name, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK && f->identifier != NULL)
+        rc = sqlite3_bind_text(st, i++, f->identifier, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK && f->status != NULL && strcmp(f->status, "revoked") != 0)
+        rc = sqlite3_bind_int64(st, i++, (sqlite3_int64)f->now);
+    if (rc == SQLITE_OK && f->expiring_before != 0)
+        rc = sqlite3_bind_int64(st, i++, (sqlite3_int64)f->expiring_before);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, i, f->max == 0 || f->max > INT64_MAX ? -1
+                                                                         : (sqlite3_int64)f->max);
+    if (rc != SQLITE_OK) {
+        err = sql_err(db, rc, "cert_list");
+        goto done;
+    }
+    err = collect(db, st, "cert_list", sizeof(struct st_cert), cert_row, cert_clear_v, &arr, n);
+    *out = arr;
+done:
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
+/* RFC 5280 §5.3.1: reasons 0..10 except 7, which is unused. */
+int st_cert_revoke(struct st_store *s, const char *serial, int reason, int64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err;
+
+    if (s == NULL || !given(serial, ST_SERIAL_LEN) || reason < 0 || reason > 10 || reason == 7 ||
+        now <= 0)
+        return AGW_ERR_BAD_INPUT;
+    db = wr_lock(s);
+    err = prep(db,
+               "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ? "
+               "WHERE serial = ? AND status = 'valid'",
+               &st, "cert_revoke");
+    if (err == 0)
+        err = bindv(db, st, "cert_revoke", "iit", now, (int64_t)reason, serial);
+    if (err == 0)
+        err = cond_update(db, st, "cert_revoke", "SELECT 1 FROM certificates WHERE serial = ?",
+                          serial);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    if (err == AGW_ERR_CONFLICT)
+        err = AGW_ERR_ALREADY_REVOKED; /* the only other status is revoked */
+    if (err == 0)
+        LOG_INFO("store.cert_revoked", "serial=%s reason=%d", serial, reason);
+    return err;
+}
+
+static int revoked_row(sqlite3_stmt *st, void *out)
+{
+    struct st_revoked *r = out;
+    int64_t reason = col_i64(st, 2);
+
+    r->revoked_at = col_i64(st, 1);
+    r->reason = reason >= 0 && reason <= 10 ? (int)reason : 0;
+    return col_fixed(st, 0, r->serial, sizeof(r->serial));
+}
+
+int st_revoked_list(struct st_store *s, const char *issuer, int64_t since,
+                    struct st_revoked **out, size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    void *arr = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int err;
+
+    if (out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || !given(issuer, ST_NAME_LEN))
+        return AGW_ERR_BAD_INPUT;
+    db = rd_get(s, &slot);
+    err = prep(db,
+               "SELECT serial, revoked_at, reason FROM certificates "
+               "WHERE issuer = ? AND status = 'revoked' AND not_after >= ? ORDER BY serial",
+               &st, "revoked_list");
+    if (err == 0)
+        err = bindv(db, st, "revoked_list", "ti", issuer, since);
+    if (err == 0)
+        err = collect(db, st, "revoked_list", sizeof(struct st_revoked), revoked_row, NULL, &arr,
+                      n);
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    *out = arr;
+    return err;
+}
+
+int st_crl_next_number(struct st_store *s, const char *issuer, uint64_t *number)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int rc, err;
+
+    if (s == NULL || number == NULL || !given(issuer, ST_NAME_LEN))
+        return AGW_ERR_BAD_INPUT;
+    *number = 0;
+    db = wr_lock(s);
+    /* One statement, so one implicit transaction: no two CRLs can get the same number. */
+    err = prep(db,
+               "INSERT INTO crl_numbers(issuer, number) VALUES (?, 1) "
+               "ON CONFLICT(issuer) DO UPDATE SET number = number + 1 RETURNING number",
+               &st, "crl_next_number");
+    if (err == 0)
+        err = bindv(db, st, "crl_next_number", "t", issuer);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            sqlite3_int64 v = sqlite3_column_int64(st, 0);
+
+            err = step_done(db, st, "crl_next_number"); /* the commit happens here */
+            if (err == 0 && v > 0)
+                *number = (uint64_t)v;
+            else if (err == 0)
+                err = AGW_ERR_STORE;
+        } else {
+            err = sql_err(db, rc, "crl_next_number");
+        }
+    }
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
