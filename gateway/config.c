@@ -1,0 +1,290 @@
+/*
+ * gateway/config.c - loading and validating the gateway config (gateway/config.h).
+ *
+ * libcyaml does the parsing against the schema below (unknown keys are errors, strings and
+ * sequences have explicit bounds); this file then checks what a schema cannot say: ports in range,
+ * a base URL without trailing slash, TLS files present when a TLS listener exists, and so on.
+ */
+#include "gateway/config.h"
+
+#include "common/err.h"
+#include "common/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cyaml/cyaml.h>
+
+#define STR(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER, st, m, 1, 4096)
+#define OSTR(key, st, m)                                                                      \
+    CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, st, m, 1, 4096)
+#define OUINT(key, st, m) CYAML_FIELD_UINT(key, CYAML_FLAG_OPTIONAL, st, m)
+
+static const cyaml_schema_field_t listen_fields[] = {
+    STR("address", struct gw_listen, address),
+    CYAML_FIELD_UINT("port", CYAML_FLAG_DEFAULT, struct gw_listen, port),
+    CYAML_FIELD_BOOL("plain_http", CYAML_FLAG_OPTIONAL, struct gw_listen, plain_http),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t listen_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct gw_listen, listen_fields),
+};
+
+static const cyaml_schema_field_t issuer_fields[] = {
+    STR("name", struct gw_issuer_cfg, name),
+    STR("module", struct gw_issuer_cfg, module),
+    STR("token", struct gw_issuer_cfg, token),
+    STR("key_label", struct gw_issuer_cfg, key_label),
+    OSTR("key_id", struct gw_issuer_cfg, key_id),
+    OSTR("pin_file", struct gw_issuer_cfg, pin_file),
+    OSTR("pin_env", struct gw_issuer_cfg, pin_env),
+    STR("ca_chain", struct gw_issuer_cfg, ca_chain),
+    OUINT("workers", struct gw_issuer_cfg, workers),
+    OUINT("timeout_ms", struct gw_issuer_cfg, timeout_ms),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t issuer_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct gw_issuer_cfg, issuer_fields),
+};
+
+static const cyaml_schema_field_t default_class_fields[] = {
+    STR("dns_suffix", struct gw_default_class, dns_suffix),
+    OUINT("validity_days", struct gw_default_class, validity_days),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t config_fields[] = {
+    CYAML_FIELD_SEQUENCE("listen", CYAML_FLAG_POINTER, struct gw_config, listen, &listen_entry, 1,
+                         16),
+    OSTR("tls_certificate", struct gw_config, tls_certificate),
+    OSTR("tls_key", struct gw_config, tls_key),
+    STR("base_url", struct gw_config, base_url),
+    OUINT("threads", struct gw_config, threads),
+    OUINT("workers", struct gw_config, workers),
+    STR("store_path", struct gw_config, store_path),
+    STR("seal_key_file", struct gw_config, seal_key_file),
+    CYAML_FIELD_SEQUENCE("issuers", CYAML_FLAG_POINTER, struct gw_config, issuers, &issuer_entry,
+                         1, 16),
+    OSTR("policy_dir", struct gw_config, policy_dir),
+    CYAML_FIELD_MAPPING_PTR("default_class", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+                            struct gw_config, default_class, default_class_fields),
+    CYAML_FIELD_BOOL("eab_optional", CYAML_FLAG_OPTIONAL, struct gw_config, eab_optional),
+    OSTR("terms_of_service", struct gw_config, terms_of_service),
+    OSTR("website", struct gw_config, website),
+    OUINT("max_body", struct gw_config, max_body),
+    OUINT("max_identifiers", struct gw_config, max_identifiers),
+    OUINT("order_lifetime_s", struct gw_config, order_lifetime_s),
+    OUINT("http01_port", struct gw_config, http01_port),
+    OUINT("http01_timeout_ms", struct gw_config, http01_timeout_ms),
+    OSTR("log_level", struct gw_config, log_level),
+    OSTR("pid_file", struct gw_config, pid_file),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t config_schema = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct gw_config, config_fields),
+};
+
+/* libcyaml reports problems through its log callback: keep the first error line for the user. */
+struct cyaml_log_ctx {
+    char *buf;
+    size_t size;
+    int have;
+};
+
+static void cyaml_log_capture(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
+{
+    struct cyaml_log_ctx *c = ctx;
+    size_t n;
+
+    if (level < CYAML_LOG_ERROR || c->have)
+        return;
+    vsnprintf(c->buf, c->size, fmt, args);
+    n = strlen(c->buf);
+    while (n > 0 && (c->buf[n - 1] == '\n' || c->buf[n - 1] == ' '))
+        c->buf[--n] = '\0';
+    c->have = 1;
+}
+
+static const cyaml_config_t cyaml_base = {
+    .log_fn = NULL,
+    .mem_fn = cyaml_mem,
+    .log_level = CYAML_LOG_ERROR,
+    .flags = CYAML_CFG_NO_ALIAS,
+};
+
+static void set_err(char *err, size_t size, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void set_err(char *err, size_t size, const char *path, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    snprintf(err, size, "%s: %s", path, msg);
+}
+
+char *gw_config_path(const struct gw_config *c, const char *p)
+{
+    size_t n;
+    char *out;
+
+    if (p == NULL)
+        return NULL;
+    if (p[0] == '/' || c->dir == NULL)
+        return strdup(p);
+    n = strlen(c->dir) + strlen(p) + 2;
+    out = malloc(n);
+    if (out != NULL)
+        snprintf(out, n, "%s/%s", c->dir, p);
+    return out;
+}
+
+static int validate(struct gw_config *c, const char *path, char *err, size_t size)
+{
+    size_t n = strlen(c->base_url);
+    int need_tls = 0;
+
+    if (strncmp(c->base_url, "https://", 8) != 0 && strncmp(c->base_url, "http://", 7) != 0) {
+        set_err(err, size, path, "base_url must start with https:// or http://");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (n > 512 || c->base_url[n - 1] == '/') {
+        set_err(err, size, path, "base_url must not end with '/' (and be at most 512 bytes)");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    for (unsigned i = 0; i < c->listen_count; i++) {
+        if (c->listen[i].port == 0 || c->listen[i].port > 65535) {
+            set_err(err, size, path, "listen[%u].port must be 1..65535", i);
+            return AGW_ERR_BAD_CONFIG;
+        }
+        if (!c->listen[i].plain_http)
+            need_tls = 1;
+    }
+    if (need_tls && (c->tls_certificate == NULL || c->tls_key == NULL)) {
+        set_err(err, size, path, "a TLS listener needs tls_certificate and tls_key");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    for (unsigned i = 0; i < c->issuers_count; i++) {
+        struct gw_issuer_cfg *is = &c->issuers[i];
+        if ((is->pin_file == NULL) == (is->pin_env == NULL)) {
+            set_err(err, size, path, "issuer '%s' needs exactly one of pin_file, pin_env",
+                    is->name);
+            return AGW_ERR_BAD_CONFIG;
+        }
+        if (strlen(is->name) >= 64) {
+            set_err(err, size, path, "issuer name '%s' is longer than 63 bytes", is->name);
+            return AGW_ERR_BAD_CONFIG;
+        }
+        for (unsigned j = 0; j < i; j++) {
+            if (strcmp(c->issuers[j].name, is->name) == 0) {
+                set_err(err, size, path, "issuer name '%s' appears twice", is->name);
+                return AGW_ERR_BAD_CONFIG;
+            }
+        }
+        if (is->timeout_ms > 600000) {
+            set_err(err, size, path, "issuer '%s' timeout_ms is above 600000", is->name);
+            return AGW_ERR_BAD_CONFIG;
+        }
+    }
+    if (c->policy_dir == NULL && c->default_class == NULL) {
+        set_err(err, size, path, "set policy_dir or default_class");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->default_class != NULL) {
+        if (c->default_class->validity_days == 0)
+            c->default_class->validity_days = 90;
+        if (c->default_class->validity_days > 3650) {
+            set_err(err, size, path, "default_class.validity_days is above 3650");
+            return AGW_ERR_BAD_CONFIG;
+        }
+    }
+    if (c->log_level != NULL) {
+        enum agw_log_level l;
+        if (agw_log_level_parse(c->log_level, &l) != 0) {
+            set_err(err, size, path, "log_level must be debug, info, warn or error");
+            return AGW_ERR_BAD_CONFIG;
+        }
+    }
+    if (c->threads > 64 || c->workers > 256) {
+        set_err(err, size, path, "threads must be <= 64 and workers <= 256");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->max_body == 0)
+        c->max_body = 64 * 1024;
+    if (c->max_body < 4096 || c->max_body > 1024 * 1024) {
+        set_err(err, size, path, "max_body must be 4096..1048576");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->max_identifiers == 0)
+        c->max_identifiers = 100;
+    if (c->max_identifiers > 1000) {
+        set_err(err, size, path, "max_identifiers must be <= 1000");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->order_lifetime_s == 0)
+        c->order_lifetime_s = 7 * 24 * 3600;
+    if (c->http01_port == 0)
+        c->http01_port = 80;
+    if (c->http01_port > 65535) {
+        set_err(err, size, path, "http01_port must be 1..65535");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->http01_timeout_ms == 0)
+        c->http01_timeout_ms = 5000;
+    return 0;
+}
+
+int gw_config_load(const char *path, struct gw_config **out, char *err, size_t err_size)
+{
+    struct cyaml_log_ctx lc = {err, err_size, 0};
+    cyaml_config_t cc = cyaml_base;
+    struct gw_config *c = NULL;
+    cyaml_err_t cerr;
+    const char *slash;
+    char msg[400];
+    int rc;
+
+    *out = NULL;
+    msg[0] = '\0';
+    lc.buf = msg;
+    lc.size = sizeof(msg);
+    cc.log_fn = cyaml_log_capture;
+    cc.log_ctx = &lc;
+    cerr = cyaml_load_file(path, &cc, &config_schema, (cyaml_data_t **)&c, NULL);
+    if (cerr != CYAML_OK || c == NULL) {
+        if (lc.have)
+            set_err(err, err_size, path, "%s (%s)", msg, cyaml_strerror(cerr));
+        else
+            set_err(err, err_size, path, "%s", cyaml_strerror(cerr));
+        return AGW_ERR_BAD_CONFIG;
+    }
+    slash = strrchr(path, '/');
+    c->dir = slash != NULL ? strndup(path, (size_t)(slash - path)) : strdup(".");
+    if (c->dir == NULL) {
+        gw_config_free(c);
+        return AGW_ERR_NOMEM;
+    }
+    rc = validate(c, path, err, err_size);
+    if (rc != 0) {
+        gw_config_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+void gw_config_free(struct gw_config *c)
+{
+    char *dir;
+
+    if (c == NULL)
+        return;
+    dir = c->dir;
+    c->dir = NULL;
+    cyaml_free(&cyaml_base, &config_schema, c, 0);
+    free(dir);
+}

@@ -1,0 +1,74 @@
+/*
+ * gateway/config.h - the gateway's one YAML config file (see examples/acmegw.yaml).
+ *
+ * Loaded with libcyaml against a strict schema: unknown keys and wrong types are errors. Relative
+ * paths are resolved against the directory of the config file. Secrets are never in the file:
+ * the HSM PIN comes from pin_file (or the environment variable pin_env).
+ */
+#ifndef AGW_GATEWAY_CONFIG_H
+#define AGW_GATEWAY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct gw_listen {
+    char *address; /* "127.0.0.1", "::", "0.0.0.0" */
+    unsigned port;
+    bool plain_http; /* true: no TLS (behind a TLS-terminating load balancer) */
+};
+
+struct gw_issuer_cfg {
+    char *name;      /* referenced by policy classes; the first issuer is the default */
+    char *module;    /* PKCS#11 module path */
+    char *token;     /* label or pkcs11: URI */
+    char *key_label;
+    char *key_id;    /* hex, optional */
+    char *pin_file;  /* or pin_env */
+    char *pin_env;
+    char *ca_chain;  /* PEM: issuing CA certificate, then the chain up to the root */
+    unsigned workers;
+    unsigned timeout_ms;
+};
+
+struct gw_default_class {
+    char *dns_suffix;
+    unsigned validity_days;
+};
+
+struct gw_config {
+    struct gw_listen *listen;
+    unsigned listen_count;
+    char *tls_certificate;
+    char *tls_key;
+    char *base_url;       /* what clients see, e.g. https://acme.example.com (no trailing /) */
+    unsigned threads;     /* event loops; 0 = one per core */
+    unsigned workers;     /* request workers (store, JWS, signing waits); 0 = 2 x threads */
+    char *store_path;
+    char *seal_key_file;  /* EAB key encryption key; created on first start */
+    struct gw_issuer_cfg *issuers;
+    unsigned issuers_count;
+    char *policy_dir;     /* optional: policy files; else the default class */
+    struct gw_default_class *default_class;
+    bool eab_optional;    /* default false: EAB required */
+    char *terms_of_service;
+    char *website;
+    unsigned max_body;        /* bytes; 0 = 65536 */
+    unsigned max_identifiers; /* per order; 0 = 100 */
+    unsigned order_lifetime_s; /* 0 = 7 days */
+    unsigned http01_port;     /* 0 = 80 */
+    unsigned http01_timeout_ms; /* 0 = 5000 */
+    char *log_level;
+    char *pid_file;
+    char *dir; /* directory of the config file (derived, not in YAML) */
+};
+
+/*
+ * Loads and validates path. On error writes one human-readable line to err (file and reason)
+ * and returns AGW_ERR_BAD_CONFIG. *out owned by the caller: gw_config_free().
+ */
+int gw_config_load(const char *path, struct gw_config **out, char *err, size_t err_size);
+void gw_config_free(struct gw_config *c);
+/* Resolves p relative to the config's directory; returns a malloc'd string (or NULL). */
+char *gw_config_path(const struct gw_config *c, const char *p);
+
+#endif

@@ -1,0 +1,154 @@
+/*
+ * gateway/nonce.c - Replay-Nonce issue and check (RFC 8555 §6.5, §7.2).
+ *
+ * A nonce is authenticated, not stored: 32 bytes = version/prefix (1), issue time (4, seconds
+ * since our epoch), counter (8), random (3), HMAC-SHA256 truncated to 16 bytes over the first 16.
+ * A forged nonce fails the MAC; an expired one fails the time check; a replay is refused by a
+ * bitmap of the last `window` counters (one bit each, set atomically on redemption, cleared when
+ * the counter slot is reused). So a nonce we issued stays valid until used, for its lifetime,
+ * as long as fewer than `window` nonces were issued after it (2^24 by default, 2 MiB of memory):
+ * some clients never retry badNonce, so a false rejection must not happen under normal load.
+ * The MAC key is random per process; the prefix byte leaves room for several instances behind a
+ * load balancer (a later issue shares the key and records redemptions in the database).
+ */
+#include "gateway/nonce.h"
+
+#include "common/err.h"
+#include "gateway/jws.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#define NONCE_RAW_LEN 32
+#define NONCE_MAC_OFF 16
+
+struct gw_nonces {
+    unsigned char key[32];
+    uint64_t counter;   /* atomic: next counter to issue */
+    uint64_t *bitmap;   /* atomic words: bit set = counter redeemed */
+    uint64_t window;    /* power of two */
+    time_t epoch;       /* issue times are relative to this */
+    unsigned lifetime_s;
+    uint8_t prefix;
+};
+
+int gw_nonces_new(size_t window, unsigned lifetime_s, uint8_t prefix, struct gw_nonces **out)
+{
+    struct gw_nonces *n;
+    uint64_t w = 64;
+
+    *out = NULL;
+    if (window == 0)
+        window = (size_t)1 << 24;
+    while (w < window)
+        w <<= 1;
+    n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return AGW_ERR_NOMEM;
+    n->bitmap = calloc(w / 64, sizeof(uint64_t));
+    if (n->bitmap == NULL || RAND_bytes(n->key, sizeof(n->key)) != 1) {
+        gw_nonces_free(n);
+        return AGW_ERR_NOMEM;
+    }
+    n->window = w;
+    n->epoch = time(NULL) - 1;
+    n->lifetime_s = lifetime_s != 0 ? lifetime_s : 3600 + 600;
+    n->prefix = prefix;
+    *out = n;
+    return 0;
+}
+
+void gw_nonces_free(struct gw_nonces *n)
+{
+    if (n == NULL)
+        return;
+    OPENSSL_cleanse(n->key, sizeof(n->key));
+    free(n->bitmap);
+    free(n);
+}
+
+static void nonce_mac(const struct gw_nonces *n, const unsigned char *msg, unsigned char *mac)
+{
+    unsigned char full[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+
+    HMAC(EVP_sha256(), n->key, (int)sizeof(n->key), msg, NONCE_MAC_OFF, full, &len);
+    memcpy(mac, full, NONCE_RAW_LEN - NONCE_MAC_OFF);
+}
+
+static void put_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--) {
+        p[i] = (unsigned char)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+static uint64_t get_be(const unsigned char *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+void gw_nonce_issue(struct gw_nonces *n, char out[GW_NONCE_TEXT_LEN + 1])
+{
+    unsigned char raw[NONCE_RAW_LEN];
+    uint64_t c = __atomic_fetch_add(&n->counter, 1, __ATOMIC_RELAXED);
+    uint64_t slot = c & (n->window - 1);
+    uint64_t age = (uint64_t)(time(NULL) - n->epoch);
+
+    /* the slot now belongs to counter c: forget the redemption of counter c - window */
+    __atomic_fetch_and(&n->bitmap[slot / 64], ~((uint64_t)1 << (slot % 64)), __ATOMIC_RELEASE);
+    raw[0] = n->prefix;
+    put_be(raw + 1, age, 4);
+    put_be(raw + 5, c, 8);
+    RAND_bytes(raw + 13, 3);
+    nonce_mac(n, raw, raw + NONCE_MAC_OFF);
+    gw_b64url_encode(raw, sizeof(raw), out, GW_NONCE_TEXT_LEN + 1);
+}
+
+int gw_nonce_redeem(struct gw_nonces *n, const char *text, size_t len)
+{
+    unsigned char *raw = NULL, mac[NONCE_RAW_LEN - NONCE_MAC_OFF];
+    size_t raw_len = 0;
+    uint64_t c, next, slot, bit, old, issued;
+    int64_t now_rel;
+    int err = AGW_ERR_BAD_NONCE;
+
+    if (text == NULL || len != GW_NONCE_TEXT_LEN)
+        return AGW_ERR_BAD_NONCE;
+    if (gw_b64url_decode(text, len, &raw, &raw_len) != 0 || raw_len != NONCE_RAW_LEN)
+        goto out;
+    nonce_mac(n, raw, mac);
+    if (CRYPTO_memcmp(mac, raw + NONCE_MAC_OFF, sizeof(mac)) != 0 || raw[0] != n->prefix)
+        goto out;
+    issued = get_be(raw + 1, 4);
+    now_rel = (int64_t)(time(NULL) - n->epoch);
+    if ((int64_t)issued > now_rel + 5 || now_rel - (int64_t)issued > (int64_t)n->lifetime_s)
+        goto out;
+    c = get_be(raw + 5, 8);
+    next = __atomic_load_n(&n->counter, __ATOMIC_ACQUIRE);
+    if (c >= next || next - c > n->window)
+        goto out; /* not issued yet, or its slot was reused: refuse rather than risk a replay */
+    slot = c & (n->window - 1);
+    bit = (uint64_t)1 << (slot % 64);
+    old = __atomic_fetch_or(&n->bitmap[slot / 64], bit, __ATOMIC_ACQ_REL);
+    if (old & bit)
+        goto out; /* replay */
+    /* the slot may have been reused between the window check and the set: check again */
+    next = __atomic_load_n(&n->counter, __ATOMIC_ACQUIRE);
+    if (next - c > n->window)
+        goto out;
+    err = 0;
+out:
+    free(raw);
+    return err;
+}

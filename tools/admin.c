@@ -1,0 +1,346 @@
+/*
+ * tools/admin.c - acmegw-admin: operator commands on a gateway's store (running or stopped).
+ *
+ *   acmegw-admin [--config FILE] eab create --class NAME [--json]
+ *   acmegw-admin [--config FILE] eab list [--json]
+ *   acmegw-admin [--config FILE] eab revoke KID
+ *   acmegw-admin [--config FILE] cert list [--class C] [--identifier S] [--status S]
+ *                                         [--expiring-before DAYS] [--json|--csv]
+ *   acmegw-admin [--config FILE] cert revoke SERIAL --reason R
+ *
+ * The config file (default $ACMEGW_CONFIG) names the store and the seal key file. SQLite in WAL
+ * mode lets this process read and write while the gateway runs; writes wait on SQLite's lock.
+ * The EAB HMAC key is printed once, at creation, base64url-encoded as ACME clients expect it.
+ */
+#include "common/err.h"
+#include "common/log.h"
+#include "gateway/config.h"
+#include "gateway/jws.h"
+#include "store/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+static const char *const reason_names[] = {
+    "unspecified",          "keyCompromise", "cACompromise",  "affiliationChanged",
+    "superseded",           "cessationOfOperation", "certificateHold", "",
+    "removeFromCRL",        "privilegeWithdrawn",   "aACompromise",
+};
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: acmegw-admin [--config FILE] eab create --class NAME [--json]\n"
+            "       acmegw-admin [--config FILE] eab list [--json]\n"
+            "       acmegw-admin [--config FILE] eab revoke KID\n"
+            "       acmegw-admin [--config FILE] cert list [--class C] [--identifier S]\n"
+            "                    [--status valid|revoked|expired] [--expiring-before DAYS]\n"
+            "                    [--json|--csv]\n"
+            "       acmegw-admin [--config FILE] cert revoke SERIAL --reason R\n"
+            "(FILE defaults to $ACMEGW_CONFIG; R is a number 0-10 or an RFC 5280 name)\n");
+    return 2;
+}
+
+static void time_str(int64_t t, char *buf, size_t size)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (t == 0) {
+        snprintf(buf, size, "-");
+        return;
+    }
+    gmtime_r(&tt, &tm);
+    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int open_store(const char *config_path, struct st_store **st)
+{
+    struct gw_config *cfg = NULL;
+    char err[600];
+    unsigned char seal[32];
+    char *seal_path, *db_path;
+    int rc;
+
+    rc = gw_config_load(config_path, &cfg, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "acmegw-admin: %s\n", err);
+        return rc;
+    }
+    seal_path = gw_config_path(cfg, cfg->seal_key_file);
+    db_path = gw_config_path(cfg, cfg->store_path);
+    rc = st_seal_key_load(seal_path, 1, seal);
+    if (rc != 0)
+        fprintf(stderr, "acmegw-admin: cannot read the seal key %s: %s\n", seal_path,
+                agw_err_str(rc));
+    if (rc == 0) {
+        rc = st_open(db_path, seal, st);
+        if (rc != 0)
+            fprintf(stderr, "acmegw-admin: cannot open the store %s: %s\n", db_path,
+                    agw_err_str(rc));
+    }
+    OPENSSL_cleanse(seal, sizeof(seal));
+    free(seal_path);
+    free(db_path);
+    gw_config_free(cfg);
+    return rc;
+}
+
+static const char *opt(int argc, char **argv, const char *name)
+{
+    for (int i = 0; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return argv[i + 1];
+    return NULL;
+}
+
+static int flag(int argc, char **argv, const char *name)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static int eab_create(struct st_store *st, int argc, char **argv)
+{
+    const char *cls = opt(argc, argv, "--class");
+    unsigned char hmac[32];
+    char hmac_b64[64];
+    struct st_eab e;
+    int rc;
+
+    if (cls == NULL)
+        return usage();
+    rc = st_eab_create(st, cls, (int64_t)time(NULL), &e, hmac);
+    if (rc != 0) {
+        fprintf(stderr, "acmegw-admin: cannot create the EAB key: %s\n", agw_err_str(rc));
+        return 1;
+    }
+    gw_b64url_encode(hmac, sizeof(hmac), hmac_b64, sizeof(hmac_b64));
+    OPENSSL_cleanse(hmac, sizeof(hmac));
+    if (flag(argc, argv, "--json"))
+        printf("{\"kid\":\"%s\",\"hmac\":\"%s\",\"class\":\"%s\"}\n", e.kid, hmac_b64,
+               e.class_name);
+    else
+        printf("kid:   %s\nhmac:  %s\nclass: %s\n"
+               "(the HMAC key is shown only now; store it where the client needs it)\n",
+               e.kid, hmac_b64, e.class_name);
+    OPENSSL_cleanse(hmac_b64, sizeof(hmac_b64));
+    return 0;
+}
+
+static int eab_list(struct st_store *st, int argc, char **argv)
+{
+    struct st_eab *list = NULL;
+    size_t n = 0;
+    int json = flag(argc, argv, "--json");
+    char created[32], revoked[32];
+    json_t *arr = json ? json_array() : NULL;
+
+    if (st_eab_list(st, &list, &n) != 0) {
+        fprintf(stderr, "acmegw-admin: cannot list EAB keys\n");
+        return 1;
+    }
+    if (!json)
+        printf("%-28s %-20s %-8s %-21s %s\n", "KID", "CLASS", "ACCOUNTS", "CREATED", "REVOKED");
+    for (size_t i = 0; i < n; i++) {
+        time_str(list[i].created, created, sizeof(created));
+        time_str(list[i].revoked, revoked, sizeof(revoked));
+        if (json)
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:I, s:s, s:b}", "kid", list[i].kid,
+                                                 "class", list[i].class_name, "accounts",
+                                                 (json_int_t)list[i].n_accounts, "created",
+                                                 created, "revoked", list[i].revoked != 0));
+        else
+            printf("%-28s %-20s %-8lld %-21s %s\n", list[i].kid, list[i].class_name,
+                   (long long)list[i].n_accounts, created, revoked);
+    }
+    if (json) {
+        char *s = json_dumps(arr, JSON_INDENT(2));
+        printf("%s\n", s);
+        free(s);
+        json_decref(arr);
+    }
+    free(list);
+    return 0;
+}
+
+static void csv_field(const char *s)
+{
+    putchar('"');
+    for (; *s != '\0'; s++) {
+        if (*s == '"')
+            putchar('"');
+        putchar(*s);
+    }
+    putchar('"');
+}
+
+static int cert_list(struct st_store *st, int argc, char **argv)
+{
+    struct st_cert_filter f;
+    struct st_cert *list = NULL;
+    size_t n = 0;
+    const char *exp = opt(argc, argv, "--expiring-before");
+    int json = flag(argc, argv, "--json"), csv = flag(argc, argv, "--csv");
+    char nb[32], na[32], rv[32];
+    json_t *arr = json ? json_array() : NULL;
+
+    memset(&f, 0, sizeof(f));
+    f.class_name = opt(argc, argv, "--class");
+    f.identifier = opt(argc, argv, "--identifier");
+    f.status = opt(argc, argv, "--status");
+    f.now = (int64_t)time(NULL);
+    if (f.status != NULL && strcmp(f.status, "valid") != 0 && strcmp(f.status, "revoked") != 0 &&
+        strcmp(f.status, "expired") != 0)
+        return usage();
+    if (exp != NULL) {
+        char *end;
+        long days = strtol(exp, &end, 10);
+        if (*end != '\0' || days < 0 || days > 36500)
+            return usage();
+        f.expiring_before = f.now + (int64_t)days * 86400;
+    }
+    if (st_cert_list(st, &f, &list, &n) != 0) {
+        fprintf(stderr, "acmegw-admin: cannot list certificates\n");
+        return 1;
+    }
+    if (csv)
+        printf("serial,class,issuer,status,not_before,not_after,revoked_at,reason,"
+               "identifiers,account\n");
+    else if (!json)
+        printf("%-34s %-12s %-8s %-21s %-21s %s\n", "SERIAL", "CLASS", "STATUS", "NOT_AFTER",
+               "REVOKED", "IDENTIFIERS");
+    for (size_t i = 0; i < n; i++) {
+        struct st_cert *c = &list[i];
+        const char *status =
+            strcmp(c->status, "valid") == 0 && c->not_after < f.now ? "expired" : c->status;
+        time_str(c->not_before, nb, sizeof(nb));
+        time_str(c->not_after, na, sizeof(na));
+        time_str(c->revoked_at, rv, sizeof(rv));
+        if (json) {
+            json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "serial", c->serial,
+                                  "class", c->class_name, "issuer", c->issuer, "status", status,
+                                  "not_before", nb, "not_after", na, "identifiers",
+                                  c->identifiers != NULL ? c->identifiers : "", "account",
+                                  c->account_id);
+            if (c->revoked_at != 0) {
+                json_object_set_new(o, "revoked_at", json_string(rv));
+                json_object_set_new(o, "reason", json_integer(c->reason));
+            }
+            json_array_append_new(arr, o);
+        } else if (csv) {
+            printf("%s,", c->serial);
+            csv_field(c->class_name);
+            putchar(',');
+            csv_field(c->issuer);
+            printf(",%s,%s,%s,%s,%d,", status, nb, na, c->revoked_at != 0 ? rv : "",
+                   c->revoked_at != 0 ? c->reason : -1);
+            csv_field(c->identifiers != NULL ? c->identifiers : "");
+            printf(",%s\n", c->account_id);
+        } else {
+            printf("%-34s %-12s %-8s %-21s %-21s %s\n", c->serial, c->class_name, status, na,
+                   rv, c->identifiers != NULL ? c->identifiers : "");
+        }
+        st_cert_clear(c);
+    }
+    if (json) {
+        char *s = json_dumps(arr, JSON_INDENT(2));
+        printf("%s\n", s);
+        free(s);
+        json_decref(arr);
+    }
+    free(list);
+    return 0;
+}
+
+static int parse_reason(const char *s, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+
+    if (*s != '\0' && *end == '\0' && v >= 0 && v <= 10 && v != 7) {
+        *out = (int)v;
+        return 0;
+    }
+    for (int i = 0; i <= 10; i++) {
+        if (i != 7 && strcmp(s, reason_names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int cert_revoke(struct st_store *st, int argc, char **argv)
+{
+    const char *reason_s = opt(argc, argv, "--reason");
+    int reason = 0, rc;
+
+    if (argc < 1 || argv[0][0] == '-' || reason_s == NULL || parse_reason(reason_s, &reason) != 0)
+        return usage();
+    rc = st_cert_revoke(st, argv[0], reason, (int64_t)time(NULL));
+    if (rc != 0) {
+        fprintf(stderr, "acmegw-admin: cannot revoke %s: %s\n", argv[0], agw_err_str(rc));
+        return 1;
+    }
+    printf("revoked %s (reason %d %s)\n", argv[0], reason, reason_names[reason]);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *config = getenv("ACMEGW_CONFIG");
+    struct st_store *st = NULL;
+    int i = 1, rc;
+
+    agw_log_set_level(AGW_LOG_WARN);
+    if (argc > 2 && strcmp(argv[1], "--config") == 0) {
+        config = argv[2];
+        i = 3;
+    }
+    if (argc - i < 2)
+        return usage();
+    if (config == NULL) {
+        fprintf(stderr, "acmegw-admin: no config: pass --config FILE or set ACMEGW_CONFIG\n");
+        return 2;
+    }
+    {
+        const char *noun = argv[i], *verb = argv[i + 1];
+        int known = (strcmp(noun, "eab") == 0 &&
+                     (strcmp(verb, "create") == 0 || strcmp(verb, "list") == 0 ||
+                      strcmp(verb, "revoke") == 0)) ||
+                    (strcmp(noun, "cert") == 0 &&
+                     (strcmp(verb, "list") == 0 || strcmp(verb, "revoke") == 0));
+        if (!known)
+            return usage();
+        if (open_store(config, &st) != 0)
+            return 1;
+        argc -= i + 2;
+        argv += i + 2;
+        if (strcmp(noun, "eab") == 0 && strcmp(verb, "create") == 0)
+            rc = eab_create(st, argc, argv);
+        else if (strcmp(noun, "eab") == 0 && strcmp(verb, "list") == 0)
+            rc = eab_list(st, argc, argv);
+        else if (strcmp(noun, "eab") == 0) {
+            rc = argc >= 1 ? st_eab_revoke(st, argv[0], (int64_t)time(NULL)) : AGW_ERR_BAD_INPUT;
+            if (rc == 0)
+                printf("revoked %s\n", argv[0]);
+            else
+                fprintf(stderr, "acmegw-admin: cannot revoke the EAB key: %s\n",
+                        agw_err_str(rc));
+            rc = rc == 0 ? 0 : 1;
+        } else if (strcmp(verb, "list") == 0)
+            rc = cert_list(st, argc, argv);
+        else
+            rc = cert_revoke(st, argc, argv);
+    }
+    st_close(st);
+    return rc;
+}

@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# tools/quickstart.sh - from a fresh Debian bookworm machine to a running acmegw in one command.
+#
+#   tools/quickstart.sh            set up (or reuse) the state, start the gateway, stay in the
+#                                  foreground (Ctrl-C stops it)
+#   tools/quickstart.sh --detach   same, but return once the directory answers
+#   tools/quickstart.sh --stop     stop a detached gateway
+#
+# Environment: ACMEGW_STATE (default ./state), ACMEGW_PORT (default 8443), ACMEGW_BUILD_DIR
+# (default ./build), ACMEGW_NO_INSTALL=1 / ACMEGW_NO_BUILD=1 to skip apt-get / the build,
+# SOFTHSM2_MODULE (default Debian's SoftHSM2).
+#
+# What it does: installs the Debian packages, builds, creates $ACMEGW_STATE holding a SoftHSM2
+# token, runs the key ceremony with tools/acmegw-ceremony (root and issuing intermediate keys
+# generated in the token, root CRL, attribute verification, transcript), makes the gateway's
+# HTTPS certificate (a separate, software TLS CA: it is not the PKI being run), creates an EAB
+# key, starts the gateway and writes $ACMEGW_STATE/env.sh. A second run reuses the state and
+# never destroys keys: every step is skipped when its output exists.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODE=foreground
+case "${1:-}" in
+"") ;;
+--detach) MODE=detach ;;
+--stop) MODE=stop ;;
+*) echo "usage: tools/quickstart.sh [--detach|--stop]" >&2; exit 2 ;;
+esac
+
+STATE=${ACMEGW_STATE:-./state}
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd)
+PORT=${ACMEGW_PORT:-8443}
+BUILD=${ACMEGW_BUILD_DIR:-$ROOT/build}
+MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+TOKEN_LABEL=acmegw-ca
+SUFFIX=device.test
+DIRECTORY="https://127.0.0.1:$PORT/directory"
+PIDFILE="$STATE/acmegw.pid"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+running_pid() {
+    local pid
+    [ -f "$PIDFILE" ] || return 1
+    pid=$(cat "$PIDFILE")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+write_env() { # pid
+    local kid="" hmac=""
+    if [ -f "$STATE/eab.json" ]; then
+        kid=$(sed -n 's/.*"kid":"\([^"]*\)".*/\1/p' "$STATE/eab.json")
+        hmac=$(sed -n 's/.*"hmac":"\([^"]*\)".*/\1/p' "$STATE/eab.json")
+    fi
+    cat >"$STATE/env.sh" <<ENV
+# written by tools/quickstart.sh; source it: . $STATE/env.sh
+export ACMEGW_STATE='$STATE'
+export ACMEGW_DIRECTORY='$DIRECTORY'
+export ACMEGW_EAB_KID='$kid'
+export ACMEGW_EAB_HMAC='$hmac'
+export ACMEGW_TLS_CA='$STATE/tls/ca.pem'
+export ACMEGW_ROOTS='$STATE/ca/root.pem'
+export ACMEGW_PID='$1'
+export ACMEGW_CONFIG='$STATE/acmegw.yaml'
+export ACMEGW_ADMIN='$BUILD/tools/acmegw-admin --config $STATE/acmegw.yaml'
+export SOFTHSM2_CONF='$STATE/softhsm2.conf'
+export ACMEGW_TOKEN_LABEL='$TOKEN_LABEL'
+export ACMEGW_PIN_FILE='$STATE/secrets/pin'
+export ACMEGW_TEST_SUFFIX='$SUFFIX'
+ENV
+}
+
+stop_gateway() {
+    local pid
+    pid=$(running_pid) || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    rm -f "$PIDFILE"
+    log "stopped acmegw (pid $pid)"
+}
+
+if [ "$MODE" = stop ]; then
+    stop_gateway
+    write_env ""
+    exit 0
+fi
+
+# ------------------------------------------------------------------ install and build
+if [ "${ACMEGW_NO_INSTALL:-0}" != 1 ]; then
+    log "installing Debian packages (apt-get)"
+    . "$ROOT/tools/deps.sh"
+    acmegw_install_deps
+fi
+if [ "${ACMEGW_NO_BUILD:-0}" != 1 ]; then
+    log "building in $BUILD"
+    [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" "$ROOT" -Dbuildtype=release >/dev/null
+    ninja -C "$BUILD" >/dev/null
+fi
+CEREMONY="$BUILD/tools/acmegw-ceremony"
+ADMIN="$BUILD/tools/acmegw-admin"
+GATEWAY="$BUILD/gateway/acmegw"
+
+# ------------------------------------------------------------------ token and PINs
+umask 077
+mkdir -p "$STATE/tokens" "$STATE/secrets" "$STATE/ca" "$STATE/ceremony" "$STATE/tls"
+if [ ! -f "$STATE/softhsm2.conf" ]; then
+    printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' \
+        "$STATE" >"$STATE/softhsm2.conf"
+fi
+export SOFTHSM2_CONF="$STATE/softhsm2.conf"
+for f in so-pin pin; do
+    [ -s "$STATE/secrets/$f" ] || openssl rand -hex 16 >"$STATE/secrets/$f"
+done
+
+# ------------------------------------------------------------------ key ceremony
+# One reviewed file per step, as a PKI team would sign off before a real ceremony.
+cer() { # name, content
+    [ -f "$STATE/ceremony/$1" ] || printf '%s\n' "$2" >"$STATE/ceremony/$1"
+}
+TOKEN_BLOCK="token:
+  module: $MODULE
+  label: $TOKEN_LABEL
+  pin_file: $STATE/secrets/pin"
+cer 00-init-token.yaml "step: init-token
+token:
+  module: $MODULE
+  label: $TOKEN_LABEL
+  pin_file: $STATE/secrets/pin
+  so_pin_file: $STATE/secrets/so-pin"
+cer 10-root.yaml "step: root
+$TOKEN_BLOCK
+key:
+  algorithm: ec-p384
+  label: acmegw-root
+  id: \"01\"
+certificate:
+  subject:
+    - O: acmegw quickstart
+    - CN: acmegw quickstart root CA
+  validity_days: 3650
+  path_length: 1
+  key_usage: [keyCertSign, cRLSign]
+cert_out: $STATE/ca/root.pem
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+cer 20-intermediate.yaml "step: intermediate
+$TOKEN_BLOCK
+key:
+  algorithm: ec-p256
+  label: acmegw-issuing
+  id: \"02\"
+certificate:
+  subject:
+    - O: acmegw quickstart
+    - CN: acmegw quickstart issuing CA 1
+  validity_days: 1825
+  path_length: 0
+  key_usage: [keyCertSign, cRLSign, digitalSignature]
+issuer:
+  token:
+    module: $MODULE
+    label: $TOKEN_LABEL
+    pin_file: $STATE/secrets/pin
+  key:
+    label: acmegw-root
+  cert: $STATE/ca/root.pem
+cert_out: $STATE/ca/intermediate.pem
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+cer 30-root-crl.yaml "step: crl
+$TOKEN_BLOCK
+key:
+  label: acmegw-root
+cert: $STATE/ca/root.pem
+crl_out: $STATE/ca/root.crl
+next_update_days: 30
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+cer 40-verify-root.yaml "step: verify
+$TOKEN_BLOCK
+key:
+  label: acmegw-root
+cert: $STATE/ca/root.pem
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+cer 41-verify-intermediate.yaml "step: verify
+$TOKEN_BLOCK
+key:
+  label: acmegw-issuing
+cert: $STATE/ca/intermediate.pem
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+
+step() { # marker file, ceremony file
+    if [ ! -e "$1" ]; then
+        log "ceremony: $2"
+        "$CEREMONY" run "$STATE/ceremony/$2" >&2
+        [ -e "$1" ] || touch "$1"
+    fi
+}
+step "$STATE/ca/.token-initialized" 00-init-token.yaml
+step "$STATE/ca/root.pem" 10-root.yaml
+step "$STATE/ca/intermediate.pem" 20-intermediate.yaml
+step "$STATE/ca/root.crl" 30-root-crl.yaml
+step "$STATE/ca/.verified-root" 40-verify-root.yaml
+step "$STATE/ca/.verified-intermediate" 41-verify-intermediate.yaml
+cat "$STATE/ca/intermediate.pem" "$STATE/ca/root.pem" >"$STATE/ca/chain.pem"
+
+# ------------------------------------------------------------------ HTTPS certificate
+if [ ! -f "$STATE/tls/server.pem" ]; then
+    log "making the gateway's HTTPS certificate (software TLS CA in $STATE/tls)"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
+        -subj "/CN=acmegw quickstart TLS CA" -keyout "$STATE/tls/ca.key" -out "$STATE/tls/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+        2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+        -keyout "$STATE/tls/server.key" -out "$STATE/tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        >"$STATE/tls/server.ext"
+    openssl x509 -req -in "$STATE/tls/server.csr" -CA "$STATE/tls/ca.pem" -CAkey "$STATE/tls/ca.key" \
+        -CAcreateserial -days 825 -extfile "$STATE/tls/server.ext" -out "$STATE/tls/server.pem" \
+        2>/dev/null
+fi
+
+# ------------------------------------------------------------------ config
+cat >"$STATE/acmegw.yaml" <<CFG
+# acmegw config written by tools/quickstart.sh (rewritten on every run)
+listen:
+  - address: 127.0.0.1
+    port: $PORT
+tls_certificate: tls/server.pem
+tls_key: tls/server.key
+base_url: https://127.0.0.1:$PORT
+store_path: acmegw.db
+seal_key_file: secrets/seal.key
+pid_file: acmegw.pid
+issuers:
+  - name: issuing-ca-1
+    module: $MODULE
+    token: $TOKEN_LABEL
+    key_label: acmegw-issuing
+    pin_file: secrets/pin
+    ca_chain: ca/chain.pem
+default_class:
+  dns_suffix: $SUFFIX
+  validity_days: 90
+CFG
+"$GATEWAY" --check-config "$STATE/acmegw.yaml" >/dev/null
+
+if [ ! -s "$STATE/eab.json" ]; then
+    log "creating an EAB key for class 'default'"
+    "$ADMIN" --config "$STATE/acmegw.yaml" eab create --class default --json >"$STATE/eab.json"
+fi
+
+# ------------------------------------------------------------------ start
+pid=$(running_pid || true)
+if [ -z "$pid" ]; then
+    log "starting acmegw on port $PORT (log: $STATE/acmegw.log)"
+    if [ "$MODE" = detach ]; then
+        setsid "$GATEWAY" --config "$STATE/acmegw.yaml" >>"$STATE/acmegw.log" 2>&1 </dev/null &
+    else
+        "$GATEWAY" --config "$STATE/acmegw.yaml" >>"$STATE/acmegw.log" 2>&1 </dev/null &
+    fi
+    pid=$!
+    echo "$pid" >"$PIDFILE"
+    ok=0
+    for _ in $(seq 1 150); do
+        if curl -sf --cacert "$STATE/tls/ca.pem" "$DIRECTORY" >/dev/null 2>&1; then
+            ok=1
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$ok" != 1 ]; then
+        echo "acmegw did not start; the end of $STATE/acmegw.log:" >&2
+        tail -20 "$STATE/acmegw.log" >&2
+        rm -f "$PIDFILE"
+        exit 1
+    fi
+else
+    log "acmegw is already running (pid $pid)"
+fi
+write_env "$pid"
+. "$STATE/env.sh"
+
+cat <<INFO
+
+acmegw is running.
+  directory:  $ACMEGW_DIRECTORY
+  EAB kid:    $ACMEGW_EAB_KID
+  EAB HMAC:   $ACMEGW_EAB_HMAC        (class 'default': names under $SUFFIX, no challenge)
+  HTTPS CA:   $ACMEGW_TLS_CA          (trust it in your ACME client)
+  issuing root: $ACMEGW_ROOTS
+  environment: . $STATE/env.sh
+
+Get a certificate with certbot:
+
+  REQUESTS_CA_BUNDLE=$ACMEGW_TLS_CA certbot certonly --non-interactive --agree-tos \\
+    --register-unsafely-without-email --server $ACMEGW_DIRECTORY \\
+    --eab-kid $ACMEGW_EAB_KID --eab-hmac-key $ACMEGW_EAB_HMAC \\
+    --standalone -d host1.$SUFFIX \\
+    --config-dir $STATE/certbot/config --work-dir $STATE/certbot/work --logs-dir $STATE/certbot/logs
+
+Check it:  openssl verify -CAfile $ACMEGW_ROOTS -untrusted $STATE/ca/intermediate.pem \\
+             $STATE/certbot/config/live/host1.$SUFFIX/cert.pem
+Operators: $ACMEGW_ADMIN cert list
+INFO
+
+if [ "$MODE" = foreground ]; then
+    echo "(foreground: Ctrl-C stops the gateway; use --detach to leave it running)"
+    trap 'stop_gateway; write_env ""; exit 0' INT TERM
+    wait "$pid" || true
+    rm -f "$PIDFILE"
+    write_env ""
+fi
