@@ -246,8 +246,10 @@ int st_unseal(const unsigned char key[ST_SEAL_KEY_LEN], const char *kid, const u
     /* The tag is checked here: a wrong seal key, another row's blob or a flipped bit all fail. */
     if (EVP_DecryptFinal_ex(ctx, pt + n, &fin) != 1) {
         ERR_clear_error();
-        LOG_ERROR("store.unseal", "kid=%s error=authentication_failed "
-                  "hint=\"wrong seal key, or the row was altered\"", kid);
+        LOG_ERROR("store.unseal",
+                  "kid=%s error=authentication_failed "
+                  "hint=\"wrong seal key, or the row was altered\"",
+                  kid);
         OPENSSL_cleanse(pt, ct_len);
         err = AGW_ERR_STORE;
         goto done;

@@ -67,7 +67,7 @@ struct st_store {
     pthread_cond_t pool_cond;  /* signalled when a reader is returned */
     sqlite3 *readers[ST_N_READERS];
     int reader_busy[ST_N_READERS];
-    int locks_ready; /* write_lock, pool_lock and pool_cond initialised */
+    int locks_ready;                         /* write_lock, pool_lock and pool_cond initialised */
     unsigned char seal_key[ST_SEAL_KEY_LEN]; /* wiped in st_close() */
 };
 
@@ -470,6 +470,10 @@ static int migrate(sqlite3 *db)
                    "migrate");
     if (err != 0)
         return err;
+    /* The common case, an up-to-date database, takes no write lock at all. */
+    err = read_version(db, &version);
+    if (err != 0 || version == ST_SCHEMA_VERSION)
+        return err;
     for (;;) {
         sqlite3_stmt *st = NULL;
 
@@ -520,6 +524,10 @@ int st_open(const char *path, const unsigned char seal_key[32], struct st_store 
     *out = NULL;
     if (path == NULL || path[0] == '\0' || seal_key == NULL)
         return AGW_ERR_BAD_INPUT;
+    if (sqlite3_threadsafe() == 0) { /* NOMUTEX connections on several threads need it */
+        LOG_ERROR("store.open", "error=sqlite_built_without_threads");
+        return AGW_ERR_STORE;
+    }
     /* Create the file ourselves so it is 0600 whatever the umask is; SQLite gives the -wal and
      * -shm files the main file's permissions. */
     fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -810,12 +818,12 @@ int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struc
         goto done;
 
     db = wr_lock(s);
-    err = prep(db,
-               "INSERT INTO eab_keys(kid, class_name, hmac_sealed, created) VALUES (?, ?, ?, ?)",
-               &st, "eab_create");
+    err =
+        prep(db, "INSERT INTO eab_keys(kid, class_name, hmac_sealed, created) VALUES (?, ?, ?, ?)",
+             &st, "eab_create");
     if (err == 0)
-        err = bindv(db, st, "eab_create", "ttbi", kid, class_name,
-                    (const unsigned char *)sealed, sealed_len, now);
+        err = bindv(db, st, "eab_create", "ttbi", kid, class_name, (const unsigned char *)sealed,
+                    sealed_len, now);
     if (err == 0)
         err = step_done(db, st, "eab_create");
     sqlite3_finalize(st);
@@ -850,8 +858,7 @@ int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned
     memset(out, 0, sizeof(*out));
     *hmac_len = 0;
     db = rd_get(s, &slot);
-    err = prep(db, "SELECT " EAB_COLS ", hmac_sealed FROM eab_keys WHERE kid = ?", &st,
-               "eab_get");
+    err = prep(db, "SELECT " EAB_COLS ", hmac_sealed FROM eab_keys WHERE kid = ?", &st, "eab_get");
     if (err == 0)
         err = bindv(db, st, "eab_get", "t", kid);
     if (err == 0)
@@ -918,8 +925,7 @@ int st_eab_revoke(struct st_store *s, const char *kid, int64_t now)
 
 /* ---------------------------------------------------------------- accounts */
 
-#define ACCOUNT_COLS                                                                          \
-    "id, thumbprint, status, eab_kid, class_name, created, jwk_json, contact_json"
+#define ACCOUNT_COLS "id, thumbprint, status, eab_kid, class_name, created, jwk_json, contact_json"
 
 void st_account_clear(struct st_account *a)
 {
@@ -1009,8 +1015,9 @@ int st_account_create(struct st_store *s, struct st_account *a, char existing_id
     if (err != 0)
         goto unlock;
     if (a->eab_kid[0] != '\0') {
-        err = prep(db, "UPDATE eab_keys SET n_accounts = n_accounts + 1 "
-                       "WHERE kid = ? AND revoked = 0 RETURNING class_name",
+        err = prep(db,
+                   "UPDATE eab_keys SET n_accounts = n_accounts + 1 "
+                   "WHERE kid = ? AND revoked = 0 RETURNING class_name",
                    &st, "account_create");
         if (err == 0)
             err = bindv(db, st, "account_create", "t", a->eab_kid);
@@ -1069,8 +1076,8 @@ int st_account_get(struct st_store *s, const char *id, struct st_account *out)
 {
     if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
-    return account_fetch(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = ?",
-                         id, out);
+    return account_fetch(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = ?", id,
+                         out);
 }
 
 int st_account_by_thumbprint(struct st_store *s, const char *thumbprint, struct st_account *out)
@@ -1117,8 +1124,7 @@ int st_account_deactivate(struct st_store *s, const char *id)
     if (err == 0)
         err = bindv(db, st, "account_deactivate", "t", id);
     if (err == 0)
-        err = cond_update(db, st, "account_deactivate", "SELECT 1 FROM accounts WHERE id = ?",
-                          id);
+        err = cond_update(db, st, "account_deactivate", "SELECT 1 FROM accounts WHERE id = ?", id);
     sqlite3_finalize(st);
     wr_unlock(s);
     return err;
@@ -1131,8 +1137,7 @@ int st_account_set_key(struct st_store *s, const char *id, const char *thumbprin
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN) || !given(thumbprint, ST_THUMB_LEN) ||
-        jwk_json == NULL)
+    if (s == NULL || !given(id, ST_ID_LEN) || !given(thumbprint, ST_THUMB_LEN) || jwk_json == NULL)
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET thumbprint = ?, jwk_json = ? WHERE id = ?", &st,
@@ -1150,8 +1155,8 @@ int st_account_set_key(struct st_store *s, const char *id, const char *thumbprin
 
 /* ---------------------------------------------------------------- orders */
 
-#define ORDER_COLS                                                                            \
-    "id, account_id, status, class_name, profile, cert_serial, replaces, created, expires, "  \
+#define ORDER_COLS                                                                                 \
+    "id, account_id, status, class_name, profile, cert_serial, replaces, created, expires, "       \
     "not_before, not_after, identifiers_json, error_json"
 
 void st_order_clear(struct st_order *o)
@@ -1201,8 +1206,8 @@ static int order_input_ok(const struct st_order *o)
 {
     return given(o->account_id, sizeof(o->account_id)) && fits(o->status, sizeof(o->status)) &&
            fits(o->class_name, sizeof(o->class_name)) && fits(o->profile, sizeof(o->profile)) &&
-           fits(o->cert_serial, sizeof(o->cert_serial)) &&
-           fits(o->replaces, sizeof(o->replaces)) && o->identifiers_json != NULL;
+           fits(o->cert_serial, sizeof(o->cert_serial)) && fits(o->replaces, sizeof(o->replaces)) &&
+           o->identifiers_json != NULL;
 }
 
 static int authz_input_ok(const struct st_authz *a)
@@ -1270,8 +1275,8 @@ int st_order_create(struct st_store *s, struct st_order *o, struct st_authz *aut
                "order_create");
     if (err == 0)
         err = bindv(db, st, "order_create", "tttttttiiiitt", o->id, o->account_id, o->status,
-                    o->class_name, o->profile, o->cert_serial, o->replaces, o->created,
-                    o->expires, o->not_before, o->not_after, o->identifiers_json, o->error_json);
+                    o->class_name, o->profile, o->cert_serial, o->replaces, o->created, o->expires,
+                    o->not_before, o->not_after, o->identifiers_json, o->error_json);
     if (err == 0)
         err = step_done(db, st, "order_create");
     sqlite3_finalize(st);
@@ -1545,8 +1550,8 @@ int st_authz_transition(struct st_store *s, const char *id, const char *from, co
     if (err == 0)
         err = bindv(db, st, "authz_transition", "ttt", to, id, from);
     if (err == 0)
-        err = cond_update(db, st, "authz_transition",
-                          "SELECT 1 FROM authorizations WHERE id = ?", id);
+        err = cond_update(db, st, "authz_transition", "SELECT 1 FROM authorizations WHERE id = ?",
+                          id);
     sqlite3_finalize(st);
     wr_unlock(s);
     return err;
@@ -1606,8 +1611,8 @@ int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *ou
     return err;
 }
 
-int st_challenge_list_by_authz(struct st_store *s, const char *authz_id,
-                               struct st_challenge **out, size_t *n)
+int st_challenge_list_by_authz(struct st_store *s, const char *authz_id, struct st_challenge **out,
+                               size_t *n)
 {
     void *arr = NULL;
     int err;
@@ -1640,8 +1645,10 @@ int st_challenge_transition(struct st_store *s, const char *id, const char *from
                "WHERE id = ? AND status = ?",
                &st, "challenge_transition");
     if (err == 0)
-        err = bindv(db, st, "challenge_transition", "titt" "t", to, validated, error_json, id,
-                    from);
+        err = bindv(db, st, "challenge_transition",
+                    "titt"
+                    "t",
+                    to, validated, error_json, id, from);
     if (err == 0)
         err = cond_update(db, st, "challenge_transition", "SELECT 1 FROM challenges WHERE id = ?",
                           id);
@@ -1652,8 +1659,8 @@ int st_challenge_transition(struct st_store *s, const char *id, const char *from
 
 /* ---------------------------------------------------------------- certificates */
 
-#define CERT_COLS                                                                             \
-    "serial, order_id, account_id, class_name, issuer, status, issued, not_before, not_after, " \
+#define CERT_COLS                                                                                  \
+    "serial, order_id, account_id, class_name, issuer, status, issued, not_before, not_after, "    \
     "revoked_at, reason, identifiers"
 
 void st_cert_clear(struct st_cert *c)
@@ -1754,8 +1761,8 @@ int st_cert_issue(struct st_store *s, const struct st_cert *c)
         if (err == 0)
             err = bindv(db, st, "cert_issue", "tt", c->serial, c->order_id);
         if (err == 0)
-            err = cond_update(db, st, "cert_issue", "SELECT 1 FROM orders WHERE id = ?",
-                              c->order_id);
+            err =
+                cond_update(db, st, "cert_issue", "SELECT 1 FROM orders WHERE id = ?", c->order_id);
         sqlite3_finalize(st);
         st = NULL;
         if (err != 0)
@@ -1767,9 +1774,12 @@ int st_cert_issue(struct st_store *s, const struct st_cert *c)
                "VALUES (?, ?, ?, ?, ?, 'valid', ?, ?, ?, 0, -1, ?, ?, ?)",
                &st, "cert_issue");
     if (err == 0)
-        err = bindv(db, st, "cert_issue", "tettt" "iii" "tbt", c->serial, c->order_id,
-                    c->account_id, c->class_name, c->issuer, c->issued, c->not_before,
-                    c->not_after, c->identifiers != NULL ? c->identifiers : "",
+        err = bindv(db, st, "cert_issue",
+                    "tettt"
+                    "iii"
+                    "tbt",
+                    c->serial, c->order_id, c->account_id, c->class_name, c->issuer, c->issued,
+                    c->not_before, c->not_after, c->identifiers != NULL ? c->identifiers : "",
                     (const unsigned char *)c->der, c->der_len, c->chain_pem);
     if (err == 0)
         err = step_done(db, st, "cert_issue");
@@ -1833,8 +1843,8 @@ int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_c
     *n = 0;
     if (s == NULL || f == NULL || (f->class_name != NULL && !fits(f->class_name, ST_NAME_LEN)))
         return AGW_ERR_BAD_INPUT;
-    if (f->status != NULL && strcmp(f->status, "valid") != 0 &&
-        strcmp(f->status, "revoked") != 0 && strcmp(f->status, "expired") != 0)
+    if (f->status != NULL && strcmp(f->status, "valid") != 0 && strcmp(f->status, "revoked") != 0 &&
+        strcmp(f->status, "expired") != 0)
         return AGW_ERR_BAD_INPUT;
     if (f->class_name != NULL)
         sql_add(sql, " AND class_name = ?");
@@ -1864,8 +1874,8 @@ int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_c
     if (rc == SQLITE_OK && f->expiring_before != 0)
         rc = sqlite3_bind_int64(st, i++, (sqlite3_int64)f->expiring_before);
     if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, i, f->max == 0 || f->max > INT64_MAX ? -1
-                                                                         : (sqlite3_int64)f->max);
+        rc = sqlite3_bind_int64(st, i,
+                                f->max == 0 || f->max > INT64_MAX ? -1 : (sqlite3_int64)f->max);
     if (rc != SQLITE_OK) {
         err = sql_err(db, rc, "cert_list");
         goto done;
@@ -1917,8 +1927,8 @@ static int revoked_row(sqlite3_stmt *st, void *out)
     return col_fixed(st, 0, r->serial, sizeof(r->serial));
 }
 
-int st_revoked_list(struct st_store *s, const char *issuer, int64_t since,
-                    struct st_revoked **out, size_t *n)
+int st_revoked_list(struct st_store *s, const char *issuer, int64_t since, struct st_revoked **out,
+                    size_t *n)
 {
     sqlite3_stmt *st = NULL;
     void *arr = NULL;
@@ -1940,8 +1950,8 @@ int st_revoked_list(struct st_store *s, const char *issuer, int64_t since,
     if (err == 0)
         err = bindv(db, st, "revoked_list", "ti", issuer, since);
     if (err == 0)
-        err = collect(db, st, "revoked_list", sizeof(struct st_revoked), revoked_row, NULL, &arr,
-                      n);
+        err =
+            collect(db, st, "revoked_list", sizeof(struct st_revoked), revoked_row, NULL, &arr, n);
     sqlite3_finalize(st);
     rd_put(s, slot);
     *out = arr;
