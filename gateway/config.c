@@ -10,12 +10,14 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cyaml/cyaml.h>
+#include <yaml.h>
 
 #define STR(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER, st, m, 1, 4096)
 #define OSTR(key, st, m)                                                                      \
@@ -238,6 +240,75 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
     return 0;
 }
 
+/* libcyaml 1.3.1 reads "port: 9x4x" as 9 (it stops at the first non-digit). This pass refuses
+ * any numeric field whose scalar is not all digits, with its line, before libcyaml runs. */
+static const char *const numeric_keys[] = {
+    "port", "threads", "workers", "timeout_ms", "validity_days", "max_body", "max_identifiers",
+    "order_lifetime_s", "http01_port", "http01_timeout_ms",
+};
+
+static int numbers_strict(const char *path, char *err, size_t err_size)
+{
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    FILE *f = fopen(path, "rb");
+    int rc = 0, expect_value = 0, numeric = 0, depth_is_map[64] = {0}, depth = 0, done = 0;
+
+    if (f == NULL) {
+        set_err(err, err_size, path, "cannot open: %s", strerror(errno));
+        return AGW_ERR_BAD_CONFIG;
+    }
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    while (!done && rc == 0) {
+        if (!yaml_parser_parse(&parser, &ev))
+            break; /* syntax errors are reported by libcyaml with more context */
+        switch (ev.type) {
+        case YAML_MAPPING_START_EVENT:
+        case YAML_SEQUENCE_START_EVENT:
+            if (depth < 63)
+                depth_is_map[++depth] = ev.type == YAML_MAPPING_START_EVENT;
+            expect_value = 0;
+            break;
+        case YAML_MAPPING_END_EVENT:
+        case YAML_SEQUENCE_END_EVENT:
+            if (depth > 0)
+                depth--;
+            expect_value = 0;
+            break;
+        case YAML_SCALAR_EVENT:
+            if (depth_is_map[depth] && !expect_value) {
+                const char *k = (const char *)ev.data.scalar.value;
+                numeric = 0;
+                for (size_t i = 0; i < sizeof(numeric_keys) / sizeof(numeric_keys[0]); i++)
+                    if (strcmp(k, numeric_keys[i]) == 0)
+                        numeric = 1;
+                expect_value = 1;
+            } else {
+                const char *v = (const char *)ev.data.scalar.value;
+                size_t n = ev.data.scalar.length;
+                if (depth_is_map[depth] && numeric &&
+                    (n == 0 || n > 9 || strspn(v, "0123456789") != n)) {
+                    set_err(err, err_size, path, "line %lu: '%.40s' is not a whole number",
+                            (unsigned long)ev.start_mark.line + 1, v);
+                    rc = AGW_ERR_BAD_CONFIG;
+                }
+                expect_value = 0;
+            }
+            break;
+        case YAML_STREAM_END_EVENT:
+            done = 1;
+            break;
+        default:
+            break;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return rc;
+}
+
 int gw_config_load(const char *path, struct gw_config **out, char *err, size_t err_size)
 {
     struct cyaml_log_ctx lc = {err, err_size, 0};
@@ -252,6 +323,8 @@ int gw_config_load(const char *path, struct gw_config **out, char *err, size_t e
     msg[0] = '\0';
     lc.buf = msg;
     lc.size = sizeof(msg);
+    if (numbers_strict(path, err, err_size) != 0)
+        return AGW_ERR_BAD_CONFIG;
     cc.log_fn = cyaml_log_capture;
     cc.log_ctx = &lc;
     cerr = cyaml_load_file(path, &cc, &config_schema, (cyaml_data_t **)&c, NULL);
