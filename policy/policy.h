@@ -26,12 +26,16 @@ enum pol_validation { POL_VALIDATE_PRE_AUTHORIZED = 1, POL_VALIDATE_HTTP01 = 2 }
 
 /* Built-in class "default": dns names equal to or under dns_suffix (e.g. "device.test"),
  * validity_days, pre-authorized, EC P-256/P-384 or RSA >= 2048 CSR keys, serverAuth+clientAuth.
- * issuer is the issuer name certificates of this class are signed by. */
+ * issuer is the issuer name certificates of this class are signed by.
+ * dns_suffix must be a lowercase LDH name without wildcard; validity_days 0 means 90, at most
+ * 3650; issuer non-empty. Returns 0, AGW_ERR_BAD_CONFIG or AGW_ERR_NOMEM; *out holds one
+ * reference. */
 int pol_set_default(const char *dns_suffix, unsigned validity_days, const char *issuer,
                     struct pol_set **out);
 struct pol_set *pol_set_ref(struct pol_set *p);
 void pol_set_unref(struct pol_set *p); /* accepts NULL */
 
+/* The class called name, or NULL (also for a NULL name: there is no implicit class). */
 const struct pol_class *pol_class_find(const struct pol_set *p, const char *name);
 const char *pol_class_name(const struct pol_class *c);
 const char *pol_class_issuer(const struct pol_class *c);
@@ -40,7 +44,8 @@ unsigned pol_class_max_identifiers(const struct pol_class *c);
 
 struct pol_identifier {
     const char *type;  /* "dns" | "ip" */
-    const char *value; /* NUL-terminated, already length-checked by the gateway */
+    const char *value; /* NUL-terminated, already length-checked by the gateway; dns values
+                        * lowercased by the gateway (RFC 4343): uppercase is AGW_ERR_BAD_INPUT */
 };
 
 /*
@@ -48,6 +53,11 @@ struct pol_identifier {
  * AGW_ERR_UNSUPPORTED_IDENTIFIER, AGW_ERR_BAD_INPUT); returns 0 when all pass, else the first
  * failure. client_ip (textual, may be NULL) is checked against the class's source CIDRs for
  * pre-authorized validation.
+ * Malformed (not lowercase LDH, bad "*." placement, non-canonical ip text) is AGW_ERR_BAD_INPUT;
+ * well formed but not allowed by the class (including identifiers past max_identifiers, at
+ * index >= pol_class_max_identifiers()) is AGW_ERR_REJECTED_IDENTIFIER; a type other than "dns"
+ * and "ip" is AGW_ERR_UNSUPPORTED_IDENTIFIER; an allowed identifier from a client outside the
+ * class's source CIDRs is AGW_ERR_UNAUTHORIZED. n == 0 is AGW_ERR_BAD_INPUT.
  */
 int pol_check_identifiers(const struct pol_class *c, const struct pol_identifier *ids, size_t n,
                           const char *client_ip, int *results);
@@ -56,7 +66,11 @@ int pol_check_identifiers(const struct pol_class *c, const struct pol_identifier
  * finalize check of the CSR: signature verified, key type/size allowed, key not the account key,
  * its identifiers (SAN dNSName/iPAddress plus CN) exactly the order's set. detail receives a
  * human-readable reason naming the rule (no secrets). Returns 0, AGW_ERR_BAD_CSR or
- * AGW_ERR_BAD_PUBLIC_KEY.
+ * AGW_ERR_BAD_PUBLIC_KEY (AGW_ERR_BAD_INPUT for NULL arguments or n == 0; AGW_ERR_NOMEM).
+ * dns names compare case-insensitively and as sets (duplicates are fine). Only the key and the
+ * names are used: other subject attributes, keyUsage/extendedKeyUsage and other extensions are
+ * ignored and never copied; a CSR asking for CA:TRUE, with another SAN type (email, URI, ...) or
+ * an extension twice is AGW_ERR_BAD_CSR.
  */
 int pol_check_csr(const struct pol_class *c, const X509_REQ *csr, const struct pol_identifier *ids,
                   size_t n, const EVP_PKEY *account_key, char *detail, size_t detail_size);
@@ -66,13 +80,20 @@ int pol_check_csr(const struct pol_class *c, const X509_REQ *csr, const struct p
  * bit clear), subject (CN from the first SAN), issuer name from issuer_cert, validity from now
  * (capped at the issuer's notAfter), the CSR key, SAN, SKI, AKI (from the issuer's SKI),
  * basicConstraints CA:FALSE, KU and EKU per class. *out owned by the caller (X509_free).
- * profile may be NULL (the class default).
+ * profile may be NULL (the class default). The CN is the CSR's CN if it has one (it is one of
+ * the SANs), else the first SAN; longer than 64 characters: empty subject, critical SAN.
+ * Call pol_check_csr() first. Returns 0, AGW_ERR_INVALID_PROFILE, AGW_ERR_BAD_CSR,
+ * AGW_ERR_BAD_PUBLIC_KEY, AGW_ERR_BAD_CONFIG (issuer expired), AGW_ERR_INTERNAL (RNG),
+ * AGW_ERR_NOMEM. The template is unsigned: the HSM sets the signature algorithm.
  */
 int pol_build_cert(const struct pol_class *c, const char *profile, const X509_REQ *csr,
                    const X509 *issuer_cert, time_t now, X509 **out);
 
 /* The last check, on the final TBS certificate (hsm precheck): validity within the class maximum
- * and the issuer's notAfter, CA:FALSE, KU/EKU as the class says, SANs allowed by the class. */
+ * (+60 s backdate), notBefore within 5 min of now, CA:FALSE, KU/EKU exactly as the class says,
+ * SANs allowed by the class, no unknown or duplicate extensions. (The issuer's notAfter is not
+ * passed in, so it is not checked here: pol_build_cert() caps it.) Returns 0,
+ * AGW_ERR_POLICY_REJECTED with detail, or AGW_ERR_BAD_INPUT for NULL arguments. */
 int pol_check_final(const struct pol_class *c, const X509 *tbs, time_t now, char *detail,
                     size_t detail_size);
 

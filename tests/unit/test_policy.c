@@ -1,0 +1,894 @@
+/*
+ * tests/unit/test_policy.c - the built-in default class: identifier rules, CSR checks, the
+ * certificate template and the final check before signing. Each rule has an accepted and a
+ * rejected case. Keys, CSRs and a software issuer are made here with OpenSSL; now is fixed.
+ */
+#include "policy/policy.h"
+
+#include "common/err.h"
+#include "tests/check.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
+
+#define NOW ((time_t)1780000000) /* 2026-05-28 */
+#define DAY 86400
+
+static struct pol_set *set;
+static const struct pol_class *cls;
+
+/* ---- fixtures ---- */
+
+static EVP_PKEY *ec_key(const char *curve)
+{
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", curve);
+}
+
+static EVP_PKEY *rsa_key(size_t bits)
+{
+    return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", bits);
+}
+
+static EVP_PKEY *ed25519_key(void)
+{
+    return EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+}
+
+/* A CSR for key with an optional CN and SANs in openssl.cnf syntax ("DNS:a,IP:1.2.3.4"). */
+static X509_REQ *make_csr(EVP_PKEY *key, const char *cn, const char *sans)
+{
+    X509_REQ *req = X509_REQ_new();
+    X509_NAME *name = X509_REQ_get_subject_name(req);
+    const EVP_MD *md = EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519 ? NULL : EVP_sha256();
+
+    X509_REQ_set_version(req, X509_REQ_VERSION_1);
+    if (cn != NULL)
+        X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn,
+                                   -1, -1, 0);
+    X509_REQ_set_pubkey(req, key);
+    if (sans != NULL) {
+        STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+        X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name, sans);
+
+        CHECK(ext != NULL);
+        sk_X509_EXTENSION_push(exts, ext);
+        X509_REQ_add_extensions(req, exts);
+        sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    }
+    CHECK(X509_REQ_sign(req, key, md) > 0);
+    return req;
+}
+
+/* A self-signed CA valid until not_after, with or without an SKI extension. */
+static X509 *make_issuer(EVP_PKEY *key, time_t not_after, int with_ski)
+{
+    X509 *x = X509_new();
+    X509_NAME *name = X509_get_subject_name(x);
+    BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
+    X509V3_CTX ctx;
+
+    X509_set_version(x, X509_VERSION_3);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8,
+                               (const unsigned char *)"Test Issuing CA", -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    ASN1_TIME_set(X509_getm_notBefore(x), NOW - 365 * DAY);
+    ASN1_TIME_set(X509_getm_notAfter(x), not_after);
+    X509_set_pubkey(x, key);
+    bc->ca = 0xff;
+    X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_DEFAULT);
+    BASIC_CONSTRAINTS_free(bc);
+    if (with_ski) {
+        X509_EXTENSION *ext;
+
+        X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+        ext = X509V3_EXT_nconf_nid(NULL, &ctx, NID_subject_key_identifier, "hash");
+        X509_add_ext(x, ext, -1);
+        X509_EXTENSION_free(ext);
+    }
+    CHECK(X509_sign(x, key, EVP_sha256()) > 0);
+    return x;
+}
+
+static int ids_check(const char *type, const char *value)
+{
+    struct pol_identifier id = {type, value};
+    int result = 1;
+    int err = pol_check_identifiers(cls, &id, 1, "192.0.2.7", &result);
+
+    CHECK_INT(result, err);
+    return err;
+}
+
+static int csr_check(X509_REQ *req, const char *const *dns, size_t n, const EVP_PKEY *account,
+                     char *detail, size_t size)
+{
+    struct pol_identifier ids[8];
+
+    for (size_t i = 0; i < n; i++) {
+        ids[i].type = strncmp(dns[i], "ip:", 3) == 0 ? "ip" : "dns";
+        ids[i].value = strncmp(dns[i], "ip:", 3) == 0 ? dns[i] + 3 : dns[i];
+    }
+    return pol_check_csr(cls, req, ids, n, account, detail, size);
+}
+
+/* Replaces (or adds) the extension nid of x. */
+static void replace_ext(X509 *x, int nid, void *value, int crit)
+{
+    int idx = X509_get_ext_by_NID(x, nid, -1);
+
+    if (idx >= 0)
+        X509_EXTENSION_free(X509_delete_ext(x, idx));
+    CHECK_INT(X509_add1_ext_i2d(x, nid, value, crit, X509V3_ADD_DEFAULT), 1);
+}
+
+/* ---- the set ---- */
+
+static void set_default_and_refcount(void)
+{
+    struct pol_set *other = NULL;
+
+    CHECK(cls != NULL);
+    CHECK_STR(pol_class_name(cls), "default");
+    CHECK_STR(pol_class_issuer(cls), "test-ca");
+    CHECK_INT(pol_class_validation(cls), POL_VALIDATE_PRE_AUTHORIZED);
+    CHECK_INT(pol_class_max_identifiers(cls), 100);
+    CHECK(pol_class_find(set, "devices") == NULL);
+    CHECK(pol_class_find(set, NULL) == NULL);
+
+    CHECK(pol_set_ref(set) == set);
+    pol_set_unref(set); /* back to one reference: still usable below */
+    CHECK_STR(pol_class_name(pol_class_find(set, "default")), "default");
+    pol_set_unref(NULL);
+
+    CHECK_INT(pol_set_default("Device.test", 90, "ca", &other), AGW_ERR_BAD_CONFIG);
+    CHECK(other == NULL);
+    CHECK_INT(pol_set_default("*.device.test", 90, "ca", &other), AGW_ERR_BAD_CONFIG);
+    CHECK_INT(pol_set_default("device.test.", 90, "ca", &other), AGW_ERR_BAD_CONFIG);
+    CHECK_INT(pol_set_default("device.test", 90, NULL, &other), AGW_ERR_BAD_CONFIG);
+    CHECK_INT(pol_set_default("device.test", 100000, "ca", &other), AGW_ERR_BAD_CONFIG);
+    CHECK_INT(pol_set_default("device.test", 0, "ca", &other), 0); /* 0: 90 days */
+    CHECK(other != NULL);
+    pol_set_unref(other);
+}
+
+/* ---- identifiers ---- */
+
+static void ids_suffix_on_label_boundary(void)
+{
+    CHECK_INT(ids_check("dns", "device.test"), 0);
+    CHECK_INT(ids_check("dns", "a.device.test"), 0);
+    CHECK_INT(ids_check("dns", "b.a.device.test"), 0);
+    CHECK_INT(ids_check("dns", "evildevice.test"), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(ids_check("dns", "device.test.evil"), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(ids_check("dns", "other.test"), AGW_ERR_REJECTED_IDENTIFIER);
+}
+
+static void ids_wildcard_rejected_by_default_class(void)
+{
+    CHECK_INT(ids_check("dns", "a.device.test"), 0);
+    CHECK_INT(ids_check("dns", "*.device.test"), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(ids_check("dns", "*.a.device.test"), AGW_ERR_REJECTED_IDENTIFIER);
+    /* a star anywhere but as the whole first label is not a wildcard: malformed */
+    CHECK_INT(ids_check("dns", "a.*.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a*.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "*"), AGW_ERR_BAD_INPUT);
+}
+
+static void ids_ip_rejected_by_default_class_malformed_ip_is_bad_input(void)
+{
+    CHECK_INT(ids_check("ip", "192.0.2.1"), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(ids_check("ip", "2001:db8::1"), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(ids_check("ip", "::ffff:192.0.2.1"), AGW_ERR_REJECTED_IDENTIFIER);
+    /* RFC 8738 §3: canonical text only */
+    CHECK_INT(ids_check("ip", "192.0.2.01"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("ip", "2001:DB8::1"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("ip", "2001:db8:0:0:0:0:0:1"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("ip", "192.0.2"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("ip", "a.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("ip", ""), AGW_ERR_BAD_INPUT);
+}
+
+static void ids_unknown_type_unsupported(void)
+{
+    CHECK_INT(ids_check("dns", "a.device.test"), 0);
+    CHECK_INT(ids_check("email", "a@device.test"), AGW_ERR_UNSUPPORTED_IDENTIFIER);
+    CHECK_INT(ids_check("DNS", "a.device.test"), AGW_ERR_UNSUPPORTED_IDENTIFIER);
+    CHECK_INT(ids_check("", "a.device.test"), AGW_ERR_UNSUPPORTED_IDENTIFIER);
+    CHECK_INT(ids_check(NULL, "a.device.test"), AGW_ERR_BAD_INPUT);
+}
+
+static void ids_malformed_dns_is_bad_input(void)
+{
+    char name[300];
+
+    CHECK_INT(ids_check("dns", "a-b.device.test"), 0);
+    CHECK_INT(ids_check("dns", "xn--bcher-kva.device.test"), 0);
+    CHECK_INT(ids_check("dns", "0.device.test"), 0); /* all-digit labels are fine below the TLD */
+    /* the gateway lowercases: uppercase reaching policy is malformed */
+    CHECK_INT(ids_check("dns", "A.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a.Device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "-a.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a-.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a..device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", ".device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a.device.test."), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a_b.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a b.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "\xc3\xa4.device.test"), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", ""), AGW_ERR_BAD_INPUT);
+    CHECK_INT(ids_check("dns", "a.device.123"), AGW_ERR_BAD_INPUT); /* numeric TLD */
+    CHECK_INT(ids_check("dns", "192.0.2.1"), AGW_ERR_BAD_INPUT);
+
+    /* labels: 63 bytes ok, 64 not */
+    memset(name, 'a', 63);
+    strcpy(name + 63, ".device.test");
+    CHECK_INT(ids_check("dns", name), 0);
+    memset(name, 'a', 64);
+    strcpy(name + 64, ".device.test");
+    CHECK_INT(ids_check("dns", name), AGW_ERR_BAD_INPUT);
+
+    /* whole name: 253 bytes ok, 254 not (3 x 63 + 49 + 4 dots + 11 = 253) */
+    memset(name, 'a', sizeof(name));
+    name[63] = name[127] = name[191] = '.';
+    name[241] = '.';
+    strcpy(name + 242, "device.test");
+    CHECK_INT(strlen(name), 253);
+    CHECK_INT(ids_check("dns", name), 0);
+    memmove(name + 1, name, 254);
+    name[0] = 'a';
+    CHECK_INT(strlen(name), 254);
+    CHECK_INT(ids_check("dns", name), AGW_ERR_BAD_INPUT);
+}
+
+static void ids_results_per_identifier_first_failure_returned(void)
+{
+    struct pol_identifier ids[] = {
+        {"dns", "a.device.test"}, {"ip", "192.0.2.1"}, {"dns", "Bad.device.test"}, {"uri", "x"},
+        {"dns", "b.device.test"},
+    };
+    int results[5] = {1, 1, 1, 1, 1};
+
+    CHECK_INT(pol_check_identifiers(cls, ids, 5, NULL, results), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(results[0], 0);
+    CHECK_INT(results[1], AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(results[2], AGW_ERR_BAD_INPUT);
+    CHECK_INT(results[3], AGW_ERR_UNSUPPORTED_IDENTIFIER);
+    CHECK_INT(results[4], 0);
+    CHECK_INT(pol_check_identifiers(cls, ids, 1, NULL, results), 0); /* any source */
+    CHECK_INT(pol_check_identifiers(cls, ids, 0, NULL, results), AGW_ERR_BAD_INPUT);
+}
+
+static void ids_max_identifiers_per_order(void)
+{
+    static char names[101][32];
+    struct pol_identifier ids[101];
+    int results[101];
+
+    for (int i = 0; i < 101; i++) {
+        snprintf(names[i], sizeof(names[i]), "h%d.device.test", i);
+        ids[i].type = "dns";
+        ids[i].value = names[i];
+    }
+    CHECK_INT(pol_check_identifiers(cls, ids, 100, NULL, results), 0);
+    CHECK_INT(pol_check_identifiers(cls, ids, 101, NULL, results), AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(results[99], 0);
+    CHECK_INT(results[100], AGW_ERR_REJECTED_IDENTIFIER);
+}
+
+/* ---- CSR ---- */
+
+static void csr_ec_p256_with_matching_sans_passes(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test", "b.device.test"};
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test,DNS:b.device.test");
+    X509_REQ *with_cn = make_csr(key, "b.device.test", "DNS:a.device.test,DNS:b.device.test");
+    /* sets, case-insensitive: duplicates and case differences in the CSR are fine */
+    X509_REQ *dups =
+        make_csr(key, "A.Device.Test", "DNS:B.device.test,DNS:a.device.test,DNS:A.DEVICE.TEST");
+    char detail[256];
+
+    CHECK_INT(csr_check(req, want, 2, account, detail, sizeof(detail)), 0);
+    CHECK_STR(detail, "");
+    CHECK_INT(csr_check(with_cn, want, 2, account, detail, sizeof(detail)), 0);
+    CHECK_INT(csr_check(dups, want, 2, account, detail, sizeof(detail)), 0);
+    X509_REQ_free(req);
+    X509_REQ_free(with_cn);
+    X509_REQ_free(dups);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+static void csr_san_set_mismatch_is_bad_csr(void)
+{
+    EVP_PKEY *key = ec_key("P-384"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test", "b.device.test"};
+    X509_REQ *missing = make_csr(key, NULL, "DNS:a.device.test");
+    X509_REQ *extra = make_csr(key, NULL, "DNS:a.device.test,DNS:b.device.test,DNS:c.device.test");
+    X509_REQ *ip = make_csr(key, NULL, "DNS:a.device.test,DNS:b.device.test,IP:192.0.2.1");
+    X509_REQ *none = make_csr(key, NULL, NULL);
+    char detail[256];
+
+    CHECK_INT(csr_check(missing, want, 2, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR lacks dns b.device.test from the order");
+    CHECK_INT(csr_check(extra, want, 2, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR names dns c.device.test, which is not in the order");
+    CHECK_INT(csr_check(ip, want, 2, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR names ip 192.0.2.1, which is not in the order");
+    CHECK_INT(csr_check(none, want, 2, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_INT(csr_check(missing, want, 1, account, detail, sizeof(detail)), 0);
+    X509_REQ_free(missing);
+    X509_REQ_free(extra);
+    X509_REQ_free(ip);
+    X509_REQ_free(none);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+static void csr_cn_not_in_sans_is_bad_csr(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *ok = make_csr(key, "a.device.test", "DNS:a.device.test");
+    X509_REQ *bad = make_csr(key, "c.device.test", "DNS:a.device.test");
+    X509_REQ *cn_only = make_csr(key, "a.device.test", NULL);
+    char detail[256];
+
+    CHECK_INT(csr_check(ok, want, 1, account, detail, sizeof(detail)), 0);
+    CHECK_INT(csr_check(bad, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR commonName c.device.test is not one of its subjectAltNames");
+    CHECK_INT(csr_check(cn_only, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    X509_REQ_free(ok);
+    X509_REQ_free(bad);
+    X509_REQ_free(cn_only);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+static void csr_rsa_1024_is_bad_public_key(void)
+{
+    EVP_PKEY *small = rsa_key(1024), *ok = rsa_key(2048), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *bad = make_csr(small, NULL, "DNS:a.device.test");
+    X509_REQ *good = make_csr(ok, NULL, "DNS:a.device.test");
+    char detail[256];
+
+    CHECK_INT(csr_check(good, want, 1, account, detail, sizeof(detail)), 0);
+    CHECK_INT(csr_check(bad, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_PUBLIC_KEY);
+    CHECK_STR(detail, "key type rsa-1024 not allowed for class default "
+                      "(allowed: ec-p256, ec-p384, rsa>=2048)");
+    X509_REQ_free(bad);
+    X509_REQ_free(good);
+    EVP_PKEY_free(small);
+    EVP_PKEY_free(ok);
+    EVP_PKEY_free(account);
+}
+
+static void csr_ed25519_and_other_curves_rejected_by_default_class(void)
+{
+    EVP_PKEY *ed = ed25519_key(), *k256 = ec_key("secp256k1"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *req = make_csr(ed, NULL, "DNS:a.device.test");
+    X509_REQ *req_k = make_csr(k256, NULL, "DNS:a.device.test");
+    char detail[256];
+
+    CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_PUBLIC_KEY);
+    CHECK(strncmp(detail, "key type ed25519 not allowed for class default", 46) == 0);
+    CHECK_INT(csr_check(req_k, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_PUBLIC_KEY);
+    CHECK(strncmp(detail, "key type ec-secp256k1 not allowed", 33) == 0);
+    X509_REQ_free(req);
+    X509_REQ_free(req_k);
+    EVP_PKEY_free(ed);
+    EVP_PKEY_free(k256);
+    EVP_PKEY_free(account);
+}
+
+static void csr_key_equal_to_account_key_is_bad_csr(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *other = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test");
+    char detail[256];
+
+    CHECK_INT(csr_check(req, want, 1, other, detail, sizeof(detail)), 0);
+    CHECK_INT(csr_check(req, want, 1, key, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR key is the account key");
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(other);
+}
+
+static void csr_tampered_signature_is_bad_csr(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test"), *tampered;
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    int len = i2d_X509_REQ(req, &der);
+    char detail[256];
+
+    CHECK(len > 10);
+    der[len - 1] ^= 0x01; /* last byte of the signature's s */
+    p = der;
+    tampered = d2i_X509_REQ(NULL, &p, len);
+    CHECK(tampered != NULL);
+    CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)), 0);
+    CHECK_INT(csr_check(tampered, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR signature does not verify");
+    OPENSSL_free(der);
+    X509_REQ_free(tampered);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+static void csr_email_or_uri_san_is_bad_csr(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *email = make_csr(key, NULL, "DNS:a.device.test,email:a@device.test");
+    X509_REQ *uri = make_csr(key, NULL, "DNS:a.device.test,URI:https://a.device.test/");
+    char detail[256];
+
+    CHECK_INT(csr_check(email, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "subjectAltName type rfc822Name is not allowed");
+    CHECK_INT(csr_check(uri, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "subjectAltName type uniformResourceIdentifier is not allowed");
+    X509_REQ_free(email);
+    X509_REQ_free(uri);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+static void csr_asking_for_ca_is_bad_csr(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *req = X509_REQ_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    char detail[256];
+
+    X509_REQ_set_version(req, X509_REQ_VERSION_1);
+    X509_REQ_set_pubkey(req, key);
+    sk_X509_EXTENSION_push(
+        exts, X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name, "DNS:a.device.test"));
+    sk_X509_EXTENSION_push(
+        exts, X509V3_EXT_nconf_nid(NULL, NULL, NID_basic_constraints, "critical,CA:TRUE"));
+    X509_REQ_add_extensions(req, exts);
+    X509_REQ_sign(req, key, EVP_sha256());
+    CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR requests a CA certificate");
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+/* ---- certificate template and final check ---- */
+
+struct issued {
+    EVP_PKEY *issuer_key, *key;
+    X509 *issuer;
+    X509_REQ *req;
+    X509 *cert;
+};
+
+static void issue(struct issued *t, EVP_PKEY *key, const char *cn, const char *sans,
+                  time_t issuer_not_after, int issuer_ski)
+{
+    memset(t, 0, sizeof(*t));
+    t->issuer_key = ec_key("P-384");
+    t->issuer = make_issuer(t->issuer_key, issuer_not_after, issuer_ski);
+    t->key = key;
+    t->req = make_csr(t->key, cn, sans);
+    CHECK_INT(pol_build_cert(cls, NULL, t->req, t->issuer, NOW, &t->cert), 0);
+    CHECK(t->cert != NULL);
+}
+
+static void issued_free(struct issued *t)
+{
+    X509_free(t->cert);
+    X509_REQ_free(t->req);
+    X509_free(t->issuer);
+    EVP_PKEY_free(t->key);
+    EVP_PKEY_free(t->issuer_key);
+}
+
+static void cert_serial_random_positive_128_bits(void)
+{
+    struct issued a, b;
+    BIGNUM *bn;
+
+    issue(&a, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    issue(&b, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(a.cert), NULL);
+    CHECK(bn != NULL && !BN_is_negative(bn) && BN_num_bits(bn) >= 64 && BN_num_bits(bn) <= 128);
+    CHECK_INT(BN_num_bytes(bn), 16); /* no leading zero byte */
+    BN_free(bn);
+    CHECK(ASN1_INTEGER_cmp(X509_get0_serialNumber(a.cert), X509_get0_serialNumber(b.cert)) != 0);
+    issued_free(&a);
+    issued_free(&b);
+}
+
+static void cert_validity_90_days_backdated_60_s(void)
+{
+    struct issued t;
+    int days = -1, secs = -1;
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    CHECK_INT(ASN1_TIME_cmp_time_t(X509_get0_notBefore(t.cert), NOW - 60), 0);
+    CHECK_INT(ASN1_TIME_cmp_time_t(X509_get0_notAfter(t.cert), NOW + 90 * DAY), 0);
+    CHECK(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(t.cert), X509_get0_notAfter(t.cert)));
+    CHECK_INT(days, 90);
+    CHECK_INT(secs, 60);
+    CHECK_INT(ASN1_STRING_type(X509_get0_notAfter(t.cert)), V_ASN1_UTCTIME); /* §4.1.2.5 */
+    issued_free(&t);
+}
+
+static void cert_validity_capped_at_issuer_not_after(void)
+{
+    struct issued t;
+    char detail[256];
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 30 * DAY, 1);
+    CHECK_INT(ASN1_TIME_compare(X509_get0_notAfter(t.cert), X509_get0_notAfter(t.issuer)), 0);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    issued_free(&t);
+
+    /* an issuer that has expired cannot issue */
+    {
+        EVP_PKEY *ik = ec_key("P-256"), *key = ec_key("P-256");
+        X509 *issuer = make_issuer(ik, NOW - 1, 1), *cert = NULL;
+        X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test");
+
+        CHECK_INT(pol_build_cert(cls, NULL, req, issuer, NOW, &cert), AGW_ERR_BAD_CONFIG);
+        CHECK(cert == NULL);
+        X509_REQ_free(req);
+        X509_free(issuer);
+        EVP_PKEY_free(ik);
+        EVP_PKEY_free(key);
+    }
+}
+
+static void cert_extensions_present_and_correct(void)
+{
+    struct issued t;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned md_len = 0;
+    int crit = -1;
+    BASIC_CONSTRAINTS *bc;
+    ASN1_BIT_STRING *ku;
+    EXTENDED_KEY_USAGE *eku;
+    ASN1_OCTET_STRING *ski;
+    AUTHORITY_KEYID *akid;
+    GENERAL_NAMES *gens;
+    const ASN1_OCTET_STRING *issuer_ski;
+    char cn[128];
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test,IP:192.0.2.1,DNS:A.device.test",
+          NOW + 3650 * DAY, 1);
+    CHECK_INT(X509_get_version(t.cert), X509_VERSION_3);
+    CHECK_INT(X509_NAME_cmp(X509_get_issuer_name(t.cert), X509_get_subject_name(t.issuer)), 0);
+    CHECK_INT(
+        X509_NAME_get_text_by_NID(X509_get_subject_name(t.cert), NID_commonName, cn, sizeof(cn)),
+        13);
+    CHECK_STR(cn, "a.device.test");
+    CHECK_INT(EVP_PKEY_eq(X509_get0_pubkey(t.cert), t.key), 1);
+
+    bc = X509_get_ext_d2i(t.cert, NID_basic_constraints, &crit, NULL);
+    CHECK(bc != NULL && bc->ca == 0 && bc->pathlen == NULL);
+    CHECK_INT(crit, 1);
+    BASIC_CONSTRAINTS_free(bc);
+
+    ku = X509_get_ext_d2i(t.cert, NID_key_usage, &crit, NULL);
+    CHECK_INT(crit, 1);
+    CHECK(ku != NULL && ASN1_BIT_STRING_get_bit(ku, 0) == 1 && ASN1_BIT_STRING_get_bit(ku, 2) == 0);
+    ASN1_BIT_STRING_free(ku);
+
+    eku = X509_get_ext_d2i(t.cert, NID_ext_key_usage, &crit, NULL);
+    CHECK_INT(crit, 0);
+    CHECK(eku != NULL && sk_ASN1_OBJECT_num(eku) == 2);
+    CHECK_INT(OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 0)), NID_server_auth);
+    CHECK_INT(OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 1)), NID_client_auth);
+    sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+
+    ski = X509_get_ext_d2i(t.cert, NID_subject_key_identifier, &crit, NULL);
+    CHECK_INT(X509_pubkey_digest(t.cert, EVP_sha1(), md, &md_len), 1);
+    CHECK(ski != NULL && ASN1_STRING_length(ski) == (int)md_len &&
+          memcmp(ASN1_STRING_get0_data(ski), md, md_len) == 0);
+    ASN1_OCTET_STRING_free(ski);
+
+    akid = X509_get_ext_d2i(t.cert, NID_authority_key_identifier, &crit, NULL);
+    issuer_ski = X509_get0_subject_key_id(t.issuer);
+    CHECK(akid != NULL && akid->keyid != NULL && issuer_ski != NULL);
+    CHECK(akid != NULL && ASN1_OCTET_STRING_cmp(akid->keyid, issuer_ski) == 0);
+    AUTHORITY_KEYID_free(akid);
+
+    gens = X509_get_ext_d2i(t.cert, NID_subject_alt_name, &crit, NULL);
+    CHECK_INT(crit, 0);                                    /* the subject has a CN */
+    CHECK(gens != NULL && sk_GENERAL_NAME_num(gens) == 2); /* the duplicate went away */
+    if (gens != NULL && sk_GENERAL_NAME_num(gens) == 2) {
+        const GENERAL_NAME *g0 = sk_GENERAL_NAME_value(gens, 0);
+        const GENERAL_NAME *g1 = sk_GENERAL_NAME_value(gens, 1);
+
+        CHECK_INT(g0->type, GEN_DNS);
+        CHECK(ASN1_STRING_length(g0->d.dNSName) == 13 &&
+              memcmp(ASN1_STRING_get0_data(g0->d.dNSName), "a.device.test", 13) == 0);
+        CHECK_INT(g1->type, GEN_IPADD);
+        CHECK(ASN1_STRING_length(g1->d.iPAddress) == 4 &&
+              memcmp(ASN1_STRING_get0_data(g1->d.iPAddress), "\xc0\x00\x02\x01", 4) == 0);
+    }
+    GENERAL_NAMES_free(gens);
+    issued_free(&t);
+}
+
+static void cert_aki_computed_when_issuer_lacks_ski(void)
+{
+    struct issued t;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned md_len = 0;
+    AUTHORITY_KEYID *akid;
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 0);
+    CHECK(X509_get_ext_by_NID(t.issuer, NID_subject_key_identifier, -1) < 0);
+    akid = X509_get_ext_d2i(t.cert, NID_authority_key_identifier, NULL, NULL);
+    CHECK_INT(X509_pubkey_digest(t.issuer, EVP_sha1(), md, &md_len), 1);
+    CHECK(akid != NULL && akid->keyid != NULL && ASN1_STRING_length(akid->keyid) == (int)md_len &&
+          memcmp(ASN1_STRING_get0_data(akid->keyid), md, md_len) == 0);
+    AUTHORITY_KEYID_free(akid);
+    issued_free(&t);
+}
+
+static void cert_rsa_key_gets_key_encipherment(void)
+{
+    struct issued t;
+    ASN1_BIT_STRING *ku;
+    char detail[256];
+
+    issue(&t, rsa_key(2048), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    ku = X509_get_ext_d2i(t.cert, NID_key_usage, NULL, NULL);
+    CHECK(ku != NULL && ASN1_BIT_STRING_get_bit(ku, 0) == 1 && ASN1_BIT_STRING_get_bit(ku, 2) == 1);
+    ASN1_BIT_STRING_free(ku);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    issued_free(&t);
+}
+
+static void cert_long_name_gets_empty_subject_and_critical_san(void)
+{
+    struct issued t;
+    char name[128], sans[140], detail[256];
+    int crit = -1;
+    GENERAL_NAMES *gens;
+
+    memset(name, 'x', 63);
+    strcpy(name + 63, ".device.test"); /* 75 > 64 characters */
+    snprintf(sans, sizeof(sans), "DNS:%s", name);
+    issue(&t, ec_key("P-256"), NULL, sans, NOW + 3650 * DAY, 1);
+    CHECK_INT(X509_NAME_entry_count(X509_get_subject_name(t.cert)), 0);
+    gens = X509_get_ext_d2i(t.cert, NID_subject_alt_name, &crit, NULL);
+    CHECK_INT(crit, 1);
+    GENERAL_NAMES_free(gens);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    CHECK_STR(detail, "");
+    issued_free(&t);
+}
+
+static void cert_unknown_profile_is_invalid_profile(void)
+{
+    EVP_PKEY *ik = ec_key("P-256"), *key = ec_key("P-256");
+    X509 *issuer = make_issuer(ik, NOW + 3650 * DAY, 1), *cert = NULL;
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test");
+
+    CHECK_INT(pol_build_cert(cls, "web", req, issuer, NOW, &cert), AGW_ERR_INVALID_PROFILE);
+    CHECK(cert == NULL);
+    CHECK_INT(pol_build_cert(cls, "default", req, issuer, NOW, &cert), 0);
+    X509_free(cert);
+    X509_REQ_free(req);
+    X509_free(issuer);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(key);
+}
+
+static void final_accepts_built_cert_and_signed_cert_verifies(void)
+{
+    struct issued t;
+    char detail[256];
+
+    issue(&t, ec_key("P-256"), "a.device.test", "DNS:a.device.test,DNS:b.device.test",
+          NOW + 3650 * DAY, 1);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    CHECK_STR(detail, "");
+    /* what the HSM does next */
+    CHECK(X509_sign(t.cert, t.issuer_key, EVP_sha384()) > 0);
+    CHECK_INT(X509_verify(t.cert, t.issuer_key), 1);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW + 299, detail, sizeof(detail)), 0);
+    issued_free(&t);
+}
+
+static void final_rejects_ca_true(void)
+{
+    struct issued t;
+    BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
+    char detail[256];
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    bc->ca = 0xff;
+    replace_ext(t.cert, NID_basic_constraints, bc, 1);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "basicConstraints is not CA:FALSE");
+    BASIC_CONSTRAINTS_free(bc);
+
+    X509_EXTENSION_free(
+        X509_delete_ext(t.cert, X509_get_ext_by_NID(t.cert, NID_basic_constraints, -1)));
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "basicConstraints missing or unparsable");
+    issued_free(&t);
+}
+
+static void final_rejects_validity_over_class_maximum(void)
+{
+    struct issued t;
+    char detail[256];
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    ASN1_TIME_set(X509_getm_notAfter(t.cert), NOW + 90 * DAY); /* the maximum: accepted */
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    ASN1_TIME_set(X509_getm_notAfter(t.cert), NOW + 90 * DAY + 1);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    ASN1_TIME_set(X509_getm_notAfter(t.cert), NOW + 400 * DAY);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK(strstr(detail, "validity of") != NULL);
+    /* notBefore in the future, or backdated far: both refused */
+    ASN1_TIME_set(X509_getm_notAfter(t.cert), NOW + 10 * DAY);
+    ASN1_TIME_set(X509_getm_notBefore(t.cert), NOW + 3600);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    ASN1_TIME_set(X509_getm_notBefore(t.cert), NOW - 30 * DAY);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    issued_free(&t);
+}
+
+static void final_rejects_san_outside_suffix_or_of_other_type(void)
+{
+    struct issued t;
+    char detail[256];
+    X509_EXTENSION *ext;
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    X509_EXTENSION_free(
+        X509_delete_ext(t.cert, X509_get_ext_by_NID(t.cert, NID_subject_alt_name, -1)));
+    ext = X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name,
+                               "DNS:a.device.test,DNS:evil.example");
+    X509_add_ext(t.cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "subjectAltName dns evil.example not allowed for class default");
+
+    X509_EXTENSION_free(
+        X509_delete_ext(t.cert, X509_get_ext_by_NID(t.cert, NID_subject_alt_name, -1)));
+    ext = X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name,
+                               "DNS:a.device.test,email:root@device.test");
+    X509_add_ext(t.cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "subjectAltName type rfc822Name is not allowed");
+
+    X509_EXTENSION_free(
+        X509_delete_ext(t.cert, X509_get_ext_by_NID(t.cert, NID_subject_alt_name, -1)));
+    ext = X509V3_EXT_nconf_nid(NULL, NULL, NID_subject_alt_name, "DNS:a.device.test");
+    X509_add_ext(t.cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    issued_free(&t);
+}
+
+static void final_rejects_other_ku_eku_or_unknown_extension(void)
+{
+    struct issued t;
+    char detail[256];
+    ASN1_BIT_STRING *ku = ASN1_BIT_STRING_new();
+    EXTENDED_KEY_USAGE *eku = sk_ASN1_OBJECT_new_null();
+    X509_EXTENSION *ext;
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    ASN1_BIT_STRING_set_bit(ku, 0, 1);
+    ASN1_BIT_STRING_set_bit(ku, 5, 1); /* keyCertSign */
+    replace_ext(t.cert, NID_key_usage, ku, 1);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK(strstr(detail, "keyUsage") != NULL);
+    ASN1_BIT_STRING_set_bit(ku, 5, 0);
+    replace_ext(t.cert, NID_key_usage, ku, 1);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    ASN1_BIT_STRING_free(ku);
+
+    sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_server_auth));
+    replace_ext(t.cert, NID_ext_key_usage, eku, 0); /* clientAuth missing */
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK(strstr(detail, "extendedKeyUsage") != NULL);
+    sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_client_auth));
+    replace_ext(t.cert, NID_ext_key_usage, eku, 0);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), 0);
+    sk_ASN1_OBJECT_push(eku, OBJ_nid2obj(NID_code_sign));
+    replace_ext(t.cert, NID_ext_key_usage, eku, 0);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    sk_ASN1_OBJECT_free(eku);
+
+    issued_free(&t);
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    ext = X509V3_EXT_nconf_nid(NULL, NULL, NID_netscape_comment, "hello");
+    X509_add_ext(t.cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "extension 2.16.840.1.113730.1.13 is not allowed");
+    issued_free(&t);
+}
+
+static void final_rejects_disallowed_key_and_foreign_subject(void)
+{
+    struct issued t;
+    char detail[256];
+    EVP_PKEY *ed = ed25519_key();
+    X509_NAME *name = X509_NAME_new();
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8,
+                               (const unsigned char *)"b.device.test", -1, -1, 0);
+    X509_set_subject_name(t.cert, name);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "subject is not a commonName naming a SAN");
+    X509_NAME_free(name);
+    issued_free(&t);
+
+    issue(&t, ec_key("P-256"), NULL, "DNS:a.device.test", NOW + 3650 * DAY, 1);
+    X509_set_pubkey(t.cert, ed);
+    CHECK_INT(pol_check_final(cls, t.cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK(strncmp(detail, "key type ed25519 not allowed", 28) == 0);
+    EVP_PKEY_free(ed);
+    issued_free(&t);
+}
+
+int main(void)
+{
+    CHECK_INT(pol_set_default("device.test", 90, "test-ca", &set), 0);
+    cls = pol_class_find(set, "default");
+
+    RUN(set_default_and_refcount);
+    RUN(ids_suffix_on_label_boundary);
+    RUN(ids_wildcard_rejected_by_default_class);
+    RUN(ids_ip_rejected_by_default_class_malformed_ip_is_bad_input);
+    RUN(ids_unknown_type_unsupported);
+    RUN(ids_malformed_dns_is_bad_input);
+    RUN(ids_results_per_identifier_first_failure_returned);
+    RUN(ids_max_identifiers_per_order);
+    RUN(csr_ec_p256_with_matching_sans_passes);
+    RUN(csr_san_set_mismatch_is_bad_csr);
+    RUN(csr_cn_not_in_sans_is_bad_csr);
+    RUN(csr_rsa_1024_is_bad_public_key);
+    RUN(csr_ed25519_and_other_curves_rejected_by_default_class);
+    RUN(csr_key_equal_to_account_key_is_bad_csr);
+    RUN(csr_tampered_signature_is_bad_csr);
+    RUN(csr_email_or_uri_san_is_bad_csr);
+    RUN(csr_asking_for_ca_is_bad_csr);
+    RUN(cert_serial_random_positive_128_bits);
+    RUN(cert_validity_90_days_backdated_60_s);
+    RUN(cert_validity_capped_at_issuer_not_after);
+    RUN(cert_extensions_present_and_correct);
+    RUN(cert_aki_computed_when_issuer_lacks_ski);
+    RUN(cert_rsa_key_gets_key_encipherment);
+    RUN(cert_long_name_gets_empty_subject_and_critical_san);
+    RUN(cert_unknown_profile_is_invalid_profile);
+    RUN(final_accepts_built_cert_and_signed_cert_verifies);
+    RUN(final_rejects_ca_true);
+    RUN(final_rejects_validity_over_class_maximum);
+    RUN(final_rejects_san_outside_suffix_or_of_other_type);
+    RUN(final_rejects_other_ku_eku_or_unknown_extension);
+    RUN(final_rejects_disallowed_key_and_foreign_subject);
+
+    pol_set_unref(set);
+    return CHECK_DONE();
+}
