@@ -358,8 +358,8 @@ static const struct ec_curve *curve_of_key(const EVP_PKEY *key)
     int nid;
 
     if (!EVP_PKEY_is_a(key, "EC") ||
-        EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, name, sizeof(name),
-                                       NULL) != 1) {
+        EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, name, sizeof(name), NULL) !=
+            1) {
         ERR_clear_error();
         return NULL;
     }
@@ -837,8 +837,8 @@ static int parse_flat(const json_t *root, enum jws_mode mode, struct gw_jws *out
     prot_len = json_string_length(prot);
     payload_len = json_string_length(payload);
     sig_len = json_string_length(sig);
-    if (prot_len == 0 || prot_len > gw_b64url_len(GW_MAX_HEADER_LEN) ||
-        payload_len > GW_MAX_BODY || sig_len > GW_MAX_BODY)
+    if (prot_len == 0 || prot_len > gw_b64url_len(GW_MAX_HEADER_LEN) || payload_len > GW_MAX_BODY ||
+        sig_len > GW_MAX_BODY)
         return AGW_ERR_BAD_INPUT;
 
     err = decode_json_object(json_string_value(prot), prot_len, GW_MAX_HEADER_LEN, &out->header);
@@ -850,8 +850,8 @@ static int parse_flat(const json_t *root, enum jws_mode mode, struct gw_jws *out
     if (payload_len == 0) {
         out->post_as_get = true; /* §6.3 */
     } else {
-        err = decode_json_object(json_string_value(payload), payload_len, GW_MAX_BODY,
-                                 &out->payload);
+        err =
+            decode_json_object(json_string_value(payload), payload_len, GW_MAX_BODY, &out->payload);
         if (err != 0)
             goto fail;
     }
@@ -911,8 +911,8 @@ void gw_jws_clear(struct gw_jws *jws)
 
 /* Raw r||s (RFC 7518 §3.4) -> DER ECDSA-Sig-Value, after checking 1 <= r, s < n.
  * *der is OPENSSL_malloc'd. */
-static int ecdsa_raw_to_der(const struct ec_curve *curve, const unsigned char *sig,
-                            size_t sig_len, unsigned char **der, size_t *der_len)
+static int ecdsa_raw_to_der(const struct ec_curve *curve, const unsigned char *sig, size_t sig_len,
+                            unsigned char **der, size_t *der_len)
 {
     EC_GROUP *group = NULL;
     const BIGNUM *order;
@@ -953,8 +953,8 @@ fail:
     return err;
 }
 
-static int digest_verify(EVP_PKEY *key, const EVP_MD *md, const unsigned char *sig,
-                         size_t sig_len, const unsigned char *tbs, size_t tbs_len)
+static int digest_verify(EVP_PKEY *key, const EVP_MD *md, const unsigned char *sig, size_t sig_len,
+                         const unsigned char *tbs, size_t tbs_len)
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     EVP_PKEY_CTX *pctx = NULL;
@@ -1002,8 +1002,7 @@ int gw_jws_verify(const struct gw_jws *jws, EVP_PKEY *key)
         err = ecdsa_raw_to_der(curve, jws->sig, jws->sig_len, &der, &der_len);
         if (err == 0)
             err = digest_verify(key, curve->md(), der, der_len,
-                                (const unsigned char *)jws->signing_input,
-                                jws->signing_input_len);
+                                (const unsigned char *)jws->signing_input, jws->signing_input_len);
         OPENSSL_free(der);
         break;
     case GW_ALG_EDDSA:
@@ -1106,8 +1105,7 @@ static int flat_begin(const json_t *header, const char *payload_text, json_t **j
     header_text = json_dumps(header, JSON_COMPACT);
     if (*jws == NULL || header_text == NULL)
         goto fail;
-    err = json_set_b64(*jws, "protected", (const unsigned char *)header_text,
-                       strlen(header_text));
+    err = json_set_b64(*jws, "protected", (const unsigned char *)header_text, strlen(header_text));
     if (err != 0)
         goto fail;
     err = json_set_b64(*jws, "payload", (const unsigned char *)payload_text,
@@ -1116,8 +1114,8 @@ static int flat_begin(const json_t *header, const char *payload_text, json_t **j
         goto fail;
     prot = json_object_get(*jws, "protected");
     payload = json_object_get(*jws, "payload");
-    err = concat_dot(json_string_value(prot), json_string_length(prot),
-                     json_string_value(payload), json_string_length(payload), tbs, tbs_len);
+    err = concat_dot(json_string_value(prot), json_string_length(prot), json_string_value(payload),
+                     json_string_length(payload), tbs, tbs_len);
 fail:
     free(header_text);
     if (err != 0) {
@@ -1231,8 +1229,8 @@ done:
 }
 
 /* HMAC-SHA256 of the signing input; mac holds 32 bytes. */
-static int eab_mac(const unsigned char *hmac_key, size_t hmac_len, const char *tbs,
-                   size_t tbs_len, unsigned char mac[HS256_MAC_LEN])
+static int eab_mac(const unsigned char *hmac_key, size_t hmac_len, const char *tbs, size_t tbs_len,
+                   unsigned char mac[HS256_MAC_LEN])
 {
     unsigned int mac_len = 0;
 

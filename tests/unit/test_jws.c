@@ -159,9 +159,10 @@ static void b64url_round_trips_every_length(void)
 static void b64url_rejects_noncanonical_input(void)
 {
     static const char *const bad[] = {
-        "Zg==", "Zm8=", "Zm+v", "Zm/v", "Zm9 v", "Zm9v\n", " Zm9v", "Zm\tv", "Z", "Zm9vY",
-        "Zh",  /* low bits of 'h' are not zero: a second spelling of "f" */
-        "Zm9", /* "fo" is Zm8 */
+        "Zg==",  "Zm8=",  "Zm+v", "Zm/v",  "Zm9 v", "Zm9v\n",
+        " Zm9v", "Zm\tv", "Z",    "Zm9vY", "Zh", /* low bits of 'h' are not zero: a second spelling
+                                                    of "f" */
+        "Zm9",                                   /* "fo" is Zm8 */
         "Zm\0v",
     };
     unsigned char *out;
@@ -284,21 +285,22 @@ static void jws_tampered_payload_or_signature_is_unauthorized(void)
 
 static void jws_rejects_unsupported_algs(void)
 {
-    static const char *const algs[] = {"none", "HS256", "HS384", "HS512", "RS512", "PS256",
-                                       "es256", "ES256K", "Ed25519", ""};
+    static const char *const algs[] = {"none",  "HS256", "HS384",  "HS512",   "RS512",
+                                       "PS256", "es256", "ES256K", "Ed25519", ""};
     char header[256], *body;
     size_t i;
 
     for (i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
-        snprintf(header, sizeof(header), "{\"alg\":\"%s\",\"nonce\":\"n\",\"url\":\"u\",\"kid\":\"k\"}",
-                 algs[i]);
+        snprintf(header, sizeof(header),
+                 "{\"alg\":\"%s\",\"nonce\":\"n\",\"url\":\"u\",\"kid\":\"k\"}", algs[i]);
         body = body_json(header, "{}");
         CHECK_INT(parse_str(body), AGW_ERR_BAD_SIG_ALG);
         free(body);
     }
     /* the example from STYLE.md: {"alg":"none"} alone */
-    CHECK_INT(parse_str("{\"protected\":\"eyJhbGciOiJub25lIn0\",\"payload\":\"\",\"signature\":\"\"}"),
-              AGW_ERR_BAD_SIG_ALG);
+    CHECK_INT(
+        parse_str("{\"protected\":\"eyJhbGciOiJub25lIn0\",\"payload\":\"\",\"signature\":\"\"}"),
+        AGW_ERR_BAD_SIG_ALG);
     body = body_json("{\"alg\":256,\"url\":\"u\",\"kid\":\"k\"}", "{}");
     CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT); /* not even a string */
     free(body);
@@ -310,7 +312,7 @@ static void jws_alg_must_match_key(void)
     char *rs256 = sign_kid(key_rsa, "{}");
     char *eddsa = sign_kid(key_ed, "{}");
     char *es512 = sign_kid(key_p521, "{}");
-    json_t *jwk384 = jwk_of(key_p384);
+    json_t *jwk384 = jwk_of(key_p384), *probe;
     char header[1024], *jwk_text, *body;
     EVP_PKEY *k = NULL;
     struct gw_jws jws;
@@ -328,8 +330,10 @@ static void jws_alg_must_match_key(void)
     jwk_text = json_dumps(jwk384, JSON_COMPACT);
     snprintf(header, sizeof(header), "{\"alg\":\"ES256\",\"nonce\":\"n\",\"url\":\"u\",\"jwk\":%s}",
              jwk_text);
-    body = json_loads(header, 0, NULL) != NULL ? body_json(header, "{}") : NULL;
-    CHECK(body != NULL);
+    probe = json_loads(header, 0, NULL); /* the hand-built header is valid JSON */
+    CHECK(probe != NULL);
+    json_decref(probe);
+    body = body_json(header, "{}");
     CHECK_INT(gw_jws_parse(body, strlen(body), &jws), 0);
     CHECK_INT(gw_jwk_to_pkey(jws.jwk, &k), 0);
     CHECK_INT(gw_jws_verify(&jws, k), AGW_ERR_BAD_SIG_ALG);
@@ -472,11 +476,13 @@ static void jws_caps_header_members(void)
 {
     char header[4096];
 
-    snprintf(header, sizeof(header), "{\"alg\":\"ES256\",\"nonce\":\"%0*d\",\"url\":\"u\",\"kid\":\"k\"}",
+    snprintf(header, sizeof(header),
+             "{\"alg\":\"ES256\",\"nonce\":\"%0*d\",\"url\":\"u\",\"kid\":\"k\"}",
              GW_MAX_NONCE_LEN + 1, 0);
     expect_header(header, "{}", AGW_ERR_BAD_INPUT);
-    snprintf(header, sizeof(header), "{\"alg\":\"ES256\",\"nonce\":\"%0*d\",\"url\":\"u\",\"kid\":\"k\"}",
-             GW_MAX_NONCE_LEN, 0);
+    snprintf(header, sizeof(header),
+             "{\"alg\":\"ES256\",\"nonce\":\"%0*d\",\"url\":\"u\",\"kid\":\"k\"}", GW_MAX_NONCE_LEN,
+             0);
     expect_header(header, "{}", 0);
     snprintf(header, sizeof(header), "{\"alg\":\"ES256\",\"url\":\"%0*d\",\"kid\":\"k\"}",
              GW_MAX_URL_LEN + 1, 0);
@@ -486,10 +492,46 @@ static void jws_caps_header_members(void)
     expect_header("[\"alg\",\"ES256\"]", "{}", AGW_ERR_BAD_INPUT); /* header not an object */
 }
 
+static void jws_caps_protected_header_size(void)
+{
+    char header[GW_MAX_HEADER_LEN + 64];
+    int fill = GW_MAX_HEADER_LEN - 40; /* every member within its own cap, the sum over 4096 */
+
+    snprintf(header, sizeof(header),
+             "{\"alg\":\"ES256\",\"url\":\"u\",\"kid\":\"k\",\"x\":\"%0*d\"}", fill, 0);
+    CHECK(strlen(header) > GW_MAX_HEADER_LEN);
+    expect_header(header, "{}", AGW_ERR_BAD_INPUT);
+    snprintf(header, sizeof(header),
+             "{\"alg\":\"ES256\",\"url\":\"u\",\"kid\":\"k\",\"x\":\"%0*d\"}", fill - 60, 0);
+    CHECK(strlen(header) <= GW_MAX_HEADER_LEN);
+    expect_header(header, "{}", 0);
+}
+
+static void jws_parse_json_accepts_an_inner_jws_object(void)
+{
+    char *body = NULL;
+    json_t *root;
+    struct gw_jws jws;
+
+    CHECK_INT(gw_jws_sign(key_p384, NULL, NULL, URL, NULL, &body),
+              0); /* keyChange-like: no nonce */
+    root = json_loads(body, 0, NULL);
+    CHECK_INT(gw_jws_parse_json(root, &jws), 0);
+    CHECK(jws.nonce == NULL && jws.jwk != NULL);
+    CHECK_INT(gw_jws_verify(&jws, key_p384), 0);
+    gw_jws_clear(&jws);
+    json_object_set_new(root, "header", json_object());
+    CHECK_INT(gw_jws_parse_json(root, &jws), AGW_ERR_BAD_INPUT);
+    CHECK_INT(gw_jws_parse_json(NULL, &jws), AGW_ERR_BAD_INPUT);
+    json_decref(root);
+    free(body);
+}
+
 static void jws_rejects_crit_and_b64(void)
 {
-    expect_header("{\"alg\":\"ES256\",\"url\":\"u\",\"kid\":\"k\",\"crit\":[\"b64\"],\"b64\":false}",
-                  "{}", AGW_ERR_BAD_INPUT);
+    expect_header(
+        "{\"alg\":\"ES256\",\"url\":\"u\",\"kid\":\"k\",\"crit\":[\"b64\"],\"b64\":false}", "{}",
+        AGW_ERR_BAD_INPUT);
     expect_header("{\"alg\":\"ES256\",\"url\":\"u\",\"kid\":\"k\",\"b64\":true}", "{}",
                   AGW_ERR_BAD_INPUT);
     expect_header("{\"alg\":\"ES256\",\"url\":\"u\",\"kid\":\"k\",\"crit\":[]}", "{}",
@@ -501,19 +543,22 @@ static void jws_outer_object_has_exactly_three_members(void)
     char *hdr = b64(HDR_KID, strlen(HDR_KID));
     char body[512];
 
-    snprintf(body, sizeof(body), "{\"protected\":\"%s\",\"payload\":\"\",\"signature\":\"AAAA\"}", hdr);
-    CHECK_INT(parse_str(body), 0);
-    snprintf(body, sizeof(body),
-             "{\"protected\":\"%s\",\"header\":{\"kid\":\"x\"},\"payload\":\"\",\"signature\":\"AAAA\"}",
+    snprintf(body, sizeof(body), "{\"protected\":\"%s\",\"payload\":\"\",\"signature\":\"AAAA\"}",
              hdr);
+    CHECK_INT(parse_str(body), 0);
+    snprintf(
+        body, sizeof(body),
+        "{\"protected\":\"%s\",\"header\":{\"kid\":\"x\"},\"payload\":\"\",\"signature\":\"AAAA\"}",
+        hdr);
     CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
     snprintf(body, sizeof(body), "{\"protected\":\"%s\",\"payload\":\"\"}", hdr);
     CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    snprintf(body, sizeof(body), "{\"protected\":\"%s\",\"payload\":{},\"signature\":\"AAAA\"}", hdr);
+    snprintf(body, sizeof(body), "{\"protected\":\"%s\",\"payload\":{},\"signature\":\"AAAA\"}",
+             hdr);
     CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
     snprintf(body, sizeof(body), "{\"protected\":\"%s\",\"payload\":\"\",\"signature\":\"AAAA\"} x",
              hdr);
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT); /* trailing bytes */
+    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);                         /* trailing bytes */
     CHECK_INT(parse_str("eyJhbGciOiJFUzI1NiJ9..AAAA"), AGW_ERR_BAD_INPUT); /* compact form */
     CHECK_INT(parse_str("[]"), AGW_ERR_BAD_INPUT);
     free(hdr);
@@ -602,42 +647,39 @@ static void json_caps_string_length_and_nul(void)
     free(body);
 
     CHECK_INT(gw_json_parse("{\"a\":\"x\\u0000y\"}", 16, &v), AGW_ERR_BAD_INPUT);
-    expect_header("{\"alg\":\"ES256\",\"url\":\"u\\u0000v\",\"kid\":\"k\"}", "{}", AGW_ERR_BAD_INPUT);
+    expect_header("{\"alg\":\"ES256\",\"url\":\"u\\u0000v\",\"kid\":\"k\"}", "{}",
+                  AGW_ERR_BAD_INPUT);
     CHECK_INT(gw_json_parse("{\"a\":\"\xff\"}", 9, &v), AGW_ERR_BAD_INPUT); /* not UTF-8 */
     free(hdr);
     free(buf);
 }
 
+static void expect_raw(const char *prot, const char *payload, const char *sig, int want)
+{
+    char *body = body_raw(prot, payload, sig);
+
+    CHECK_INT(parse_str(body), want);
+    free(body);
+}
+
 static void jws_rejects_noncanonical_base64url(void)
 {
+    static const char *const bad[][2] = {
+        /* payload, signature */
+        {"e30=", "AAAA"},   {"e3+9", "AAAA"}, {"e30", "AA AA"},
+        {"e30", "AA/A"},    {"e31", "AAAA"}, /* "e31": stray low bits, "{}" is e30 */
+        {"e30", "AA\\nAA"},                  /* JSON escape that decodes to a newline */
+    };
     char *hdr = b64(HDR_KID, strlen(HDR_KID));
-    char *padded, *body;
-    size_t n = strlen(hdr);
+    size_t i, n = strlen(hdr);
+    char *padded = malloc(n + 4);
 
-    body = body_raw(hdr, "e30", "AAAA");
-    CHECK_INT(parse_str(body), 0);
-    free(body);
-    padded = malloc(n + 4);
+    expect_raw(hdr, "e30", "AAAA", 0);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_raw(hdr, bad[i][0], bad[i][1], AGW_ERR_BAD_INPUT);
     snprintf(padded, n + 4, "%s%s", hdr, n % 4 == 2 ? "==" : n % 4 == 3 ? "=" : "");
     CHECK(strchr(padded, '=') != NULL);
-    body = body_raw(padded, "e30", "AAAA");
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    free(body);
-    body = body_raw(hdr, "e30=", "AAAA");
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    free(body);
-    body = body_raw(hdr, "e3+9", "AAAA");
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    free(body);
-    body = body_raw(hdr, "e30", "AA AA");
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    free(body);
-    body = body_raw(hdr, "e30", "AA\\nAA"); /* JSON escape that decodes to a newline */
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    free(body);
-    body = body_raw(hdr, "e30", "AA/A");
-    CHECK_INT(parse_str(body), AGW_ERR_BAD_INPUT);
-    free(body);
+    expect_raw(padded, "e30", "AAAA", AGW_ERR_BAD_INPUT);
     free(padded);
     free(hdr);
 }
@@ -680,6 +722,8 @@ static void jwk_refuses_weak_rsa(void)
     CHECK_INT(jwk_to_pkey_err(good), 0);
     jwk = json_deep_copy(good);
     json_object_set_new(jwk, "e", json_string("Aw")); /* e = 3 */
+    CHECK_INT(jwk_to_pkey_err(jwk), AGW_ERR_BAD_PUBLIC_KEY);
+    json_object_set_new(jwk, "e", json_string("AQAD")); /* 65539: three bytes, still not 65537 */
     CHECK_INT(jwk_to_pkey_err(jwk), AGW_ERR_BAD_PUBLIC_KEY);
     json_object_set_new(jwk, "e", json_string("AAEAAQ")); /* 65537 with a leading zero */
     CHECK_INT(jwk_to_pkey_err(jwk), AGW_ERR_BAD_PUBLIC_KEY);
@@ -1072,8 +1116,7 @@ static void mutate_and_check(const char *body, EVP_PKEY *key, int iterations, in
             if (err == 0)
                 CHECK(jws.signing_input_len == orig.signing_input_len &&
                       memcmp(jws.signing_input, orig.signing_input, orig.signing_input_len) == 0 &&
-                      jws.sig_len == orig.sig_len &&
-                      memcmp(jws.sig, orig.sig, orig.sig_len) == 0);
+                      jws.sig_len == orig.sig_len && memcmp(jws.sig, orig.sig, orig.sig_len) == 0);
             EVP_PKEY_free(k);
         }
         CHECK(err != 0 || jws.signing_input != NULL);
@@ -1085,8 +1128,8 @@ static void mutate_and_check(const char *body, EVP_PKEY *key, int iterations, in
 
 static void mutated_bodies_never_crash_or_verify(void)
 {
-    json_t *payload = json_pack("{s:[{s:s,s:s}]}", "identifiers", "type", "dns", "value",
-                                "device-1.example");
+    json_t *payload =
+        json_pack("{s:[{s:s,s:s}]}", "identifiers", "type", "dns", "value", "device-1.example");
     char *es = NULL, *rs = NULL, *ed = NULL;
     int parsed = 0;
 
@@ -1128,6 +1171,8 @@ int main(void)
     RUN(jws_needs_exactly_one_of_jwk_and_kid);
     RUN(jws_needs_a_url);
     RUN(jws_caps_header_members);
+    RUN(jws_caps_protected_header_size);
+    RUN(jws_parse_json_accepts_an_inner_jws_object);
     RUN(jws_rejects_crit_and_b64);
     RUN(jws_outer_object_has_exactly_three_members);
     RUN(jws_rejects_duplicate_keys);
