@@ -701,6 +701,8 @@ static void crl_signature_verifies(void)
         EVP_PKEY_free(stranger);
     }
     /* a CRL request that is not a CRL */
+    free(resp.der);
+    resp.der = NULL;
     req.tbs_len = tbs_len / 2;
     CHECK_INT(hsm_call(s, &req, &resp), AGW_ERR_BAD_INPUT);
     CHECK(resp.der == NULL);
