@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# tests/e2e/acme_protocol.sh - RFC 8555 happy path against the real gateway on loopback, driven by
+# our own client (tests/e2e/acmetest.py): directory, nonces, accounts with EAB, orders, authz,
+# challenges, finalize, download + openssl verify, keyChange, deactivation, revocation (by account
+# and by certificate key), and RS256 / ES384 / EdDSA account keys. Details: acme_protocol.py.
+set -euo pipefail
+. "${SOURCE_DIR:?}/tests/e2e/lib.sh"
+
+e2e_start
+rc=0
+e2e_python "$SOURCE_DIR/tests/e2e/acme_protocol.py" || rc=$?
+e2e_check "gateway still running after the protocol run" e2e_gateway_alive
+e2e_check "gateway log has no ASan/UBSan report" \
+    bash -c "! grep -q 'ERROR: AddressSanitizer\|runtime error:' '$ACMEGW_STATE/acmegw.log'"
+e2e_summary || rc=1
+[ "$rc" = 0 ] && e2e_log "PASS" || e2e_log "FAIL (python rc=$rc)"
+exit "$rc"

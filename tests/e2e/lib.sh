@@ -1,0 +1,119 @@
+# tests/e2e/lib.sh - shared helpers for the end-to-end scripts; source it after `set -euo pipefail`.
+#
+#   . "$SOURCE_DIR/tests/e2e/lib.sh"
+#   e2e_start            fresh state dir + free loopback port, tools/quickstart.sh --detach, then
+#                        sources $ACMEGW_STATE/env.sh and exports what the Python tests need
+#   e2e_python FILE ...  runs /usr/bin/python3 FILE with tests/e2e on PYTHONPATH
+#   e2e_check / e2e_summary   counting assertions for the shell side
+#
+# On exit a trap stops the gateway (quickstart.sh --stop) and removes the temp dir; after a failure
+# the dir is kept and the end of the gateway log is printed. Needs BUILD_DIR and SOURCE_DIR (set by
+# tests/e2e/meson.build); SOFTHSM2_MODULE is passed through.
+
+: "${BUILD_DIR:?BUILD_DIR must be set (meson test sets it)}"
+: "${SOURCE_DIR:?SOURCE_DIR must be set (meson test sets it)}"
+BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
+SOURCE_DIR=$(cd "$SOURCE_DIR" && pwd)
+export BUILD_DIR SOURCE_DIR
+E2E_PY=/usr/bin/python3
+E2E_NAME=${E2E_NAME:-$(basename "$0" .sh)}
+E2E_TMP=""
+E2E_STARTED=0
+E2E_CHECKS=0
+E2E_FAILED=0
+
+e2e_log() { printf '[%s] %s\n' "$E2E_NAME" "$*"; }
+
+e2e_free_port() {
+    "$E2E_PY" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+}
+
+e2e_cleanup() {
+    local rc=$?
+    set +e
+    if [ "$E2E_STARTED" = 1 ]; then
+        ACMEGW_STATE=$E2E_TMP ACMEGW_BUILD_DIR=$BUILD_DIR "$SOURCE_DIR/tools/quickstart.sh" --stop \
+            >/dev/null 2>&1
+    fi
+    if [ -n "$E2E_TMP" ] && [ -d "$E2E_TMP" ]; then
+        if [ "$rc" = 0 ] && [ "${E2E_KEEP:-0}" != 1 ]; then
+            rm -rf "$E2E_TMP"
+        else
+            e2e_log "exit status $rc: keeping $E2E_TMP"
+            if [ -f "$E2E_TMP/acmegw.log" ]; then
+                e2e_log "last 40 lines of $E2E_TMP/acmegw.log:"
+                tail -40 "$E2E_TMP/acmegw.log" | sed 's/^/    /'
+            fi
+        fi
+    fi
+    exit "$rc"
+}
+
+e2e_start() {
+    local port i
+    for tool in openssl curl sqlite3; do
+        command -v "$tool" >/dev/null || { e2e_log "missing $tool"; exit 1; }
+    done
+    "$E2E_PY" -c 'import cryptography' || { e2e_log "missing python3-cryptography"; exit 1; }
+    [ -x "$BUILD_DIR/gateway/acmegw" ] || { e2e_log "no $BUILD_DIR/gateway/acmegw"; exit 1; }
+    E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/acmegw-e2e-$E2E_NAME.XXXXXX")
+    trap e2e_cleanup EXIT
+    trap 'exit 130' INT TERM
+    # the port can be taken between the probe and the gateway's bind: retry with another one
+    for i in 1 2 3; do
+        port=$(e2e_free_port)
+        E2E_STARTED=1
+        if ACMEGW_STATE=$E2E_TMP ACMEGW_PORT=$port ACMEGW_BUILD_DIR=$BUILD_DIR \
+            ACMEGW_NO_INSTALL=1 ACMEGW_NO_BUILD=1 SOFTHSM2_MODULE=${SOFTHSM2_MODULE:-} \
+            "$SOURCE_DIR/tools/quickstart.sh" --detach >"$E2E_TMP/quickstart.out" 2>&1; then
+            break
+        fi
+        if [ "$i" = 3 ] || ! grep -qi 'address already in use\|did not start' \
+            "$E2E_TMP/quickstart.out" "$E2E_TMP/acmegw.log" 2>/dev/null; then
+            e2e_log "quickstart failed:"
+            sed 's/^/    /' "$E2E_TMP/quickstart.out"
+            exit 1
+        fi
+        e2e_log "port $port was taken; retrying"
+    done
+    # shellcheck disable=SC1091
+    . "$E2E_TMP/env.sh"
+    export ACMEGW_PORT=$port
+    export ACMEGW_STATE ACMEGW_DIRECTORY ACMEGW_EAB_KID ACMEGW_EAB_HMAC ACMEGW_TLS_CA ACMEGW_ROOTS
+    export ACMEGW_PID ACMEGW_CONFIG ACMEGW_ADMIN SOFTHSM2_CONF ACMEGW_TEST_SUFFIX
+    export ACMEGW_INTERMEDIATE=$ACMEGW_STATE/ca/intermediate.pem
+    export PYTHONPATH=$SOURCE_DIR/tests/e2e${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONDONTWRITEBYTECODE=1
+    [ -n "$ACMEGW_PID" ] && kill -0 "$ACMEGW_PID" || { e2e_log "gateway not running"; exit 1; }
+    [ -n "$ACMEGW_EAB_KID" ] && [ -n "$ACMEGW_EAB_HMAC" ] || { e2e_log "no EAB key"; exit 1; }
+    e2e_log "gateway pid $ACMEGW_PID at $ACMEGW_DIRECTORY (state $ACMEGW_STATE, build $BUILD_DIR)"
+}
+
+e2e_python() {
+    "$E2E_PY" "$@"
+}
+
+e2e_check() { # description, command...
+    local what=$1
+    shift
+    E2E_CHECKS=$((E2E_CHECKS + 1))
+    if "$@"; then
+        echo "  ok   $what"
+    else
+        echo "  FAIL $what"
+        E2E_FAILED=$((E2E_FAILED + 1))
+    fi
+}
+
+e2e_gateway_alive() {
+    kill -0 "$ACMEGW_PID" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$ACMEGW_PID/status"
+}
+
+e2e_summary() {
+    e2e_log "shell checks: $E2E_CHECKS, failed: $E2E_FAILED"
+    [ "$E2E_FAILED" = 0 ]
+}
