@@ -7,16 +7,14 @@
  *                   slot list, the logged-in slot and the CA key as an EVP_PKEY. Refcounted under
  *                   s->lock: s->conn holds one reference, each worker that is signing holds one, so
  *                   no worker ever signs with a freed key. The last reference closes it, in reverse
- *                   order: EVP_PKEY_free, PKCS11_release_all_slots, PKCS11_CTX_unload (never after a
- *                   failed load: SIGSEGV), PKCS11_CTX_free.
- *   struct job      one hsm_call(). refs 2 while queued (caller + queue/worker). A caller past its
- *                   deadline marks the job abandoned and drops its reference; the worker drops the
- *                   other when it finishes (or skips the job if still queued). Whoever drops the
- *                   last reference frees it, result included.
- *   struct attempt  one connect (load, probe, login, key lookup) on its own thread, waited for with
- *                   a deadline, because libp11 0.4.12's PKCS11_login() blocks forever when
- *                   C_OpenSession fails (notes §5). It owns copies of everything it needs, so when
- *                   it hangs we abandon the thread (detached) and the attempt is freed by whichever
+ *                   order: EVP_PKEY_free, PKCS11_release_all_slots, PKCS11_CTX_unload (never after
+ * a failed load: SIGSEGV), PKCS11_CTX_free. struct job      one hsm_call(). refs 2 while queued
+ * (caller + queue/worker). A caller past its deadline marks the job abandoned and drops its
+ * reference; the worker drops the other when it finishes (or skips the job if still queued).
+ * Whoever drops the last reference frees it, result included. struct attempt  one connect (load,
+ * probe, login, key lookup) on its own thread, waited for with a deadline, because libp11 0.4.12's
+ * PKCS11_login() blocks forever when C_OpenSession fails (notes §5). It owns copies of everything
+ * it needs, so when it hangs we abandon the thread (detached) and the attempt is freed by whichever
  *                   side lets go last; a thread stuck for good leaks its attempt, by design.
  *
  * Token loss: a signing error whose CK_RV means the session, object or device is gone (or one we
@@ -338,8 +336,8 @@ static int key_find(const struct conn_params *p, PKCS11_TOKEN *token, PKCS11_KEY
     for (i = 0; i < n_keys; i++) {
         if (keys[i].label == NULL || strcmp(keys[i].label, p->key_label) != 0)
             continue;
-        if (p->key_id_len != 0 && (keys[i].id_len != p->key_id_len ||
-                                   memcmp(keys[i].id, p->key_id, p->key_id_len) != 0))
+        if (p->key_id_len != 0 &&
+            (keys[i].id_len != p->key_id_len || memcmp(keys[i].id, p->key_id, p->key_id_len) != 0))
             continue;
         if (*out == NULL)
             *out = &keys[i];
@@ -544,8 +542,8 @@ static int connect_within(const struct conn_params *p, unsigned timeout_ms, stru
     } else {
         pthread_detach(tid);
         err = AGW_ERR_HSM_UNAVAILABLE;
-        LOG_ERROR("hsm.connect_hung", "module=%s timeout_ms=%u action=thread_abandoned",
-                  p->module, timeout_ms);
+        LOG_ERROR("hsm.connect_hung", "module=%s timeout_ms=%u action=thread_abandoned", p->module,
+                  timeout_ms);
     }
 fail:
     attempt_unref(a);
@@ -800,8 +798,7 @@ static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, si
         goto fail;
     }
     if (tbs_verify(&t, s->pub) != 1) { /* cheap insurance against a faulty token */
-        LOG_ERROR("hsm.bad_signature", "op=%d: the token's signature does not verify",
-                  (int)j->op);
+        LOG_ERROR("hsm.bad_signature", "op=%d: the token's signature does not verify", (int)j->op);
         mark_lost(s, c, "bad_signature", 0);
         err = AGW_ERR_HSM_UNAVAILABLE;
         goto fail;
@@ -945,8 +942,8 @@ static void *reconnect_main(void *arg)
             LOG_ERROR("hsm.reconnect_stopped", "token=%s reason=pin_incorrect action=restart",
                       s->params.token);
         else
-            LOG_WARN("hsm.reconnect_failed", "token=%s err=\"%s\" retry_in_ms=%u",
-                     s->params.token, agw_err_str(err), backoff_ms);
+            LOG_WARN("hsm.reconnect_failed", "token=%s err=\"%s\" retry_in_ms=%u", s->params.token,
+                     agw_err_str(err), backoff_ms);
         pthread_mutex_lock(&s->lock);
         if (fresh != NULL) {
             fresh->refs = 1;

@@ -235,8 +235,7 @@ int hsm_token_match(const char *token_ref, const char *label, const char *serial
             if (seen[i]) /* §2.3: an attribute may appear once */
                 return AGW_ERR_BAD_INPUT;
             seen[i] = true;
-            err = pct_decode(eq + 1, (size_t)(attr_end - eq - 1), value, sizeof(value),
-                             &value_len);
+            err = pct_decode(eq + 1, (size_t)(attr_end - eq - 1), value, sizeof(value), &value_len);
             if (err != 0)
                 return err;
             if (!field_eq(value, value_len, fields[i]))

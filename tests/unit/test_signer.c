@@ -278,8 +278,7 @@ static int wait_ready(struct hsm_signer *s, unsigned max_ms)
 
 static void key_alg_names_round_trip(void)
 {
-    static const char *const names[] = {"ec-p256", "ec-p384", "rsa-2048", "rsa-3072",
-                                        "rsa-4096"};
+    static const char *const names[] = {"ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"};
     enum hsm_key_alg alg = HSM_KEY_EC_P256;
     size_t i;
 
