@@ -17,6 +17,7 @@
  * Ownership: struct p11 owns the dlopen handle, the initialised library, one session and its login;
  * p11_close() releases them in reverse order (logout, close session, finalize, dlclose) and is
  * safe on a partly opened struct. Object handles are borrowed from the session and die with it.
+ * Token references (label or RFC 7512 URI) are matched by hsm_token_match() (hsm/util.c).
  *
  * Nothing is logged at info level or above: the ceremony tool prints exactly one line per error, and
  * the codes returned carry the meaning (CKR codes are translated once, in ckr_err()).
@@ -41,6 +42,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "hsm/internal.h"
 
 #define LABEL_FIELD_LEN 32 /* CK_TOKEN_INFO.label and C_InitToken's label: space padded, no NUL */
 #define MAX_KEY_LABEL   128
@@ -181,81 +183,24 @@ static bool field_eq(const CK_UTF8CHAR *field, size_t field_len, const char *wan
     return true;
 }
 
-static int hexval(char c)
+/* A fixed-width PKCS#11 field as a C string (hsm_token_match ignores the trailing padding). */
+static void field_str(const CK_UTF8CHAR *field, size_t len, char *out)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    memcpy(out, field, len);
+    out[len] = '\0';
 }
 
-/* RFC 7512 §2.3 percent-decoding of [s, s+len) into buf. Returns the length or -1. */
-static long pct_decode(const char *s, size_t len, char *buf, size_t size)
-{
-    size_t o = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
-            int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
-                return -1;
-            c = hi * 16 + lo;
-            i += 2;
-        }
-        if (o >= size)
-            return -1;
-        buf[o++] = (char)c;
-    }
-    return (long)o;
-}
-
-/*
- * Does this token match the reference? A plain string is a label; "pkcs11:" is an RFC 7512 URI
- * whose token, serial, manufacturer and model path attributes must all match (others are about
- * objects or slots and are ignored here). Returns 1, 0, or AGW_ERR_BAD_INPUT for a broken URI.
- */
+/* Does this token match the reference (label or RFC 7512 URI)? 1, 0 or AGW_ERR_BAD_INPUT. */
 static int token_match(const CK_TOKEN_INFO *ti, const char *ref)
 {
-    const char *p, *end;
+    char label[sizeof(ti->label) + 1], serial[sizeof(ti->serialNumber) + 1];
+    char manufacturer[sizeof(ti->manufacturerID) + 1], model[sizeof(ti->model) + 1];
 
-    if (strncmp(ref, "pkcs11:", 7) != 0)
-        return field_eq(ti->label, sizeof(ti->label), ref, strlen(ref)) ? 1 : 0;
-    p = ref + 7;
-    end = strchr(p, '?');
-    if (end == NULL)
-        end = p + strlen(p);
-    while (p < end) {
-        const char *semi = memchr(p, ';', (size_t)(end - p));
-        const char *stop = semi != NULL ? semi : end;
-        const char *eq = memchr(p, '=', (size_t)(stop - p));
-        char val[LABEL_FIELD_LEN + 1];
-        long n;
-
-        if (eq == NULL)
-            return stop == p ? 0 : AGW_ERR_BAD_INPUT;
-        n = pct_decode(eq + 1, (size_t)(stop - eq - 1), val, sizeof(val));
-        if (n < 0)
-            return AGW_ERR_BAD_INPUT;
-#define ATTR_IS(name) ((size_t)(eq - p) == strlen(name) && memcmp(p, name, strlen(name)) == 0)
-        if (ATTR_IS("token") && !field_eq(ti->label, sizeof(ti->label), val, (size_t)n))
-            return 0;
-        if (ATTR_IS("serial") &&
-            !field_eq(ti->serialNumber, sizeof(ti->serialNumber), val, (size_t)n))
-            return 0;
-        if (ATTR_IS("manufacturer") &&
-            !field_eq(ti->manufacturerID, sizeof(ti->manufacturerID), val, (size_t)n))
-            return 0;
-        if (ATTR_IS("model") && !field_eq(ti->model, sizeof(ti->model), val, (size_t)n))
-            return 0;
-#undef ATTR_IS
-        p = semi != NULL ? semi + 1 : end;
-    }
-    return 1;
+    field_str(ti->label, sizeof(ti->label), label);
+    field_str(ti->serialNumber, sizeof(ti->serialNumber), serial);
+    field_str(ti->manufacturerID, sizeof(ti->manufacturerID), manufacturer);
+    field_str(ti->model, sizeof(ti->model), model);
+    return hsm_token_match(ref, label, serial, manufacturer, model);
 }
 
 /* First initialised token matching ref. Returns 0, AGW_ERR_NOT_FOUND, or another error. */
