@@ -274,6 +274,173 @@ fail:
     return err;
 }
 
+static GENERAL_NAME *uri_name(const char *uri)
+{
+    GENERAL_NAME *gen = GENERAL_NAME_new();
+    ASN1_IA5STRING *value = ASN1_IA5STRING_new();
+
+    if (gen == NULL || value == NULL || ASN1_STRING_set(value, uri, -1) != 1) {
+        GENERAL_NAME_free(gen);
+        ASN1_IA5STRING_free(value);
+        return NULL;
+    }
+    GENERAL_NAME_set0_value(gen, GEN_URI, value);
+    return gen;
+}
+
+static int policies_value(const struct pol_profile *p, CERTIFICATEPOLICIES **out)
+{
+    CERTIFICATEPOLICIES *cp = sk_POLICYINFO_new_null();
+
+    *out = NULL;
+    if (cp == NULL)
+        return AGW_ERR_NOMEM;
+    for (size_t i = 0; i < p->n_policy_oids; i++) {
+        POLICYINFO *pi = POLICYINFO_new();
+
+        if (pi != NULL) {
+            ASN1_OBJECT_free(pi->policyid);
+            pi->policyid = OBJ_txt2obj(p->policy_oids[i], 1);
+        }
+        if (pi == NULL || pi->policyid == NULL || sk_POLICYINFO_push(cp, pi) <= 0) {
+            POLICYINFO_free(pi);
+            sk_POLICYINFO_pop_free(cp, POLICYINFO_free);
+            return AGW_ERR_NOMEM;
+        }
+    }
+    *out = cp;
+    return 0;
+}
+
+static int crl_dp_value(const struct pol_profile *p, CRL_DIST_POINTS **out)
+{
+    CRL_DIST_POINTS *dps = sk_DIST_POINT_new_null();
+
+    *out = NULL;
+    if (dps == NULL)
+        return AGW_ERR_NOMEM;
+    for (size_t i = 0; i < p->n_crl_urls; i++) { /* one distribution point per URL */
+        DIST_POINT *dp = DIST_POINT_new();
+        GENERAL_NAME *gen = uri_name(p->crl_urls[i]);
+        bool ok = dp != NULL && gen != NULL;
+
+        if (ok) {
+            dp->distpoint = DIST_POINT_NAME_new();
+            ok = dp->distpoint != NULL;
+        }
+        if (ok) {
+            dp->distpoint->type = 0; /* fullName */
+            dp->distpoint->name.fullname = sk_GENERAL_NAME_new_null();
+            ok = dp->distpoint->name.fullname != NULL &&
+                 sk_GENERAL_NAME_push(dp->distpoint->name.fullname, gen) > 0;
+        }
+        if (ok)
+            gen = NULL; /* owned by dp */
+        if (ok)
+            ok = sk_DIST_POINT_push(dps, dp) > 0;
+        if (!ok) {
+            GENERAL_NAME_free(gen);
+            DIST_POINT_free(dp);
+            sk_DIST_POINT_pop_free(dps, DIST_POINT_free);
+            return AGW_ERR_NOMEM;
+        }
+    }
+    *out = dps;
+    return 0;
+}
+
+static int aia_push(AUTHORITY_INFO_ACCESS *aia, int method_nid, const char *uri)
+{
+    ACCESS_DESCRIPTION *ad = ACCESS_DESCRIPTION_new();
+    GENERAL_NAME *gen = uri_name(uri);
+
+    if (ad == NULL || gen == NULL) {
+        ACCESS_DESCRIPTION_free(ad);
+        GENERAL_NAME_free(gen);
+        return AGW_ERR_NOMEM;
+    }
+    ASN1_OBJECT_free(ad->method);
+    ad->method = OBJ_nid2obj(method_nid); /* static table entry */
+    GENERAL_NAME_free(ad->location);
+    ad->location = gen;
+    if (sk_ACCESS_DESCRIPTION_push(aia, ad) <= 0) {
+        ACCESS_DESCRIPTION_free(ad);
+        return AGW_ERR_NOMEM;
+    }
+    return 0;
+}
+
+static int aia_value(const struct pol_profile *p, AUTHORITY_INFO_ACCESS **out)
+{
+    AUTHORITY_INFO_ACCESS *aia = sk_ACCESS_DESCRIPTION_new_null();
+    int err = aia != NULL ? 0 : AGW_ERR_NOMEM;
+
+    *out = NULL;
+    for (size_t i = 0; err == 0 && i < p->n_ocsp_urls; i++)
+        err = aia_push(aia, NID_ad_OCSP, p->ocsp_urls[i]);
+    for (size_t i = 0; err == 0 && i < p->n_ca_issuer_urls; i++)
+        err = aia_push(aia, NID_ad_ca_issuers, p->ca_issuer_urls[i]);
+    if (err != 0) {
+        sk_ACCESS_DESCRIPTION_pop_free(aia, ACCESS_DESCRIPTION_free);
+        return err;
+    }
+    *out = aia;
+    return 0;
+}
+
+/*
+ * The profile's certificatePolicies, cRLDistributionPoints and authorityInfoAccess, all
+ * non-critical, or *out NULL when the profile has none of that kind. Caller frees *out.
+ */
+static int profile_ext(const struct pol_profile *p, int nid, X509_EXTENSION **out)
+{
+    void *value = NULL;
+    int err;
+
+    *out = NULL;
+    if (nid == NID_certificate_policies) {
+        if (p->n_policy_oids == 0)
+            return 0;
+        err = policies_value(p, (CERTIFICATEPOLICIES **)&value);
+    } else if (nid == NID_crl_distribution_points) {
+        if (p->n_crl_urls == 0)
+            return 0;
+        err = crl_dp_value(p, (CRL_DIST_POINTS **)&value);
+    } else {
+        if (p->n_ocsp_urls == 0 && p->n_ca_issuer_urls == 0)
+            return 0;
+        err = aia_value(p, (AUTHORITY_INFO_ACCESS **)&value);
+    }
+    if (err != 0)
+        return err;
+    *out = X509V3_EXT_i2d(nid, 0, value);
+    if (nid == NID_certificate_policies)
+        sk_POLICYINFO_pop_free(value, POLICYINFO_free);
+    else if (nid == NID_crl_distribution_points)
+        sk_DIST_POINT_pop_free(value, DIST_POINT_free);
+    else
+        sk_ACCESS_DESCRIPTION_pop_free(value, ACCESS_DESCRIPTION_free);
+    return *out != NULL ? 0 : AGW_ERR_NOMEM;
+}
+
+static const int profile_ext_nids[] = {NID_certificate_policies, NID_crl_distribution_points,
+                                       NID_info_access};
+
+static int add_profile_exts(X509 *x, const struct pol_profile *p)
+{
+    for (size_t i = 0; i < sizeof(profile_ext_nids) / sizeof(profile_ext_nids[0]); i++) {
+        X509_EXTENSION *ext = NULL;
+        int err = profile_ext(p, profile_ext_nids[i], &ext);
+
+        if (err == 0 && ext != NULL && X509_add_ext(x, ext, -1) != 1)
+            err = AGW_ERR_NOMEM;
+        X509_EXTENSION_free(ext);
+        if (err != 0)
+            return err;
+    }
+    return 0;
+}
+
 /* Removes later duplicates in place, keeping the first spelling and the order. */
 static size_t dedup_names(struct pol_name *names, size_t n)
 {
@@ -373,6 +540,8 @@ int pol_build_cert(const struct pol_class *c, const char *profile, const X509_RE
         err = add_key_ids(x, issuer_cert);
     if (err == 0) /* §4.2.1.6: critical when the subject is empty */
         err = add_san(x, names, n_names, X509_NAME_entry_count(subject) == 0 ? 1 : 0);
+    if (err == 0)
+        err = add_profile_exts(x, prof);
     if (err != 0)
         goto fail;
     *out = x;
@@ -395,6 +564,9 @@ static bool ext_known(int nid)
     case NID_subject_key_identifier:
     case NID_authority_key_identifier:
     case NID_subject_alt_name:
+    case NID_certificate_policies: /* profile_ext(): exact DER per profile */
+    case NID_crl_distribution_points:
+    case NID_info_access:
         return true;
     default:
         return false;
@@ -633,10 +805,43 @@ fail:
     return err;
 }
 
+/* The URL and policy extensions carry no choice: they must be the profile's, byte for byte. */
+static int final_profile_exts(const struct pol_profile *p, const X509 *tbs, char *detail,
+                              size_t detail_size)
+{
+    for (size_t i = 0; i < sizeof(profile_ext_nids) / sizeof(profile_ext_nids[0]); i++) {
+        int nid = profile_ext_nids[i];
+        int idx = X509_get_ext_by_NID(tbs, nid, -1);
+        X509_EXTENSION *got = idx >= 0 ? X509_get_ext(tbs, idx) : NULL;
+        X509_EXTENSION *want = NULL;
+        bool same;
+
+        if (profile_ext(p, nid, &want) != 0) {
+            pol_detail(detail, detail_size, "out of memory");
+            return AGW_ERR_NOMEM;
+        }
+        same = (got == NULL && want == NULL) ||
+               (got != NULL && want != NULL &&
+                X509_EXTENSION_get_critical(got) == X509_EXTENSION_get_critical(want) &&
+                ASN1_OCTET_STRING_cmp(X509_EXTENSION_get_data(got),
+                                      X509_EXTENSION_get_data(want)) == 0);
+        X509_EXTENSION_free(want);
+        if (!same) {
+            pol_detail(detail, detail_size, "%s is not exactly profile %s's", OBJ_nid2ln(nid),
+                       p->name);
+            return AGW_ERR_POLICY_REJECTED;
+        }
+    }
+    return 0;
+}
+
 static int final_profile(const struct pol_profile *p, const X509 *tbs, time_t now, char *detail,
                          size_t detail_size)
 {
     int err = final_validity(p, tbs, now, detail, detail_size);
+
+    if (err == 0)
+        err = final_profile_exts(p, tbs, detail, detail_size);
 
     if (err == 0)
         err = final_key_usage(p, tbs, detail, detail_size);

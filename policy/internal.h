@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <openssl/x509v3.h>
 
@@ -224,6 +225,15 @@ int pol_csr_names(X509_REQ *csr, struct pol_name **out, size_t *n_out, char *det
                   size_t detail_size);
 bool pol_name_eq(const struct pol_name *a, const struct pol_name *b);
 bool pol_name_in(const struct pol_name *name, const struct pol_name *set, size_t n);
+
+/* load.c */
+/*
+ * Loads one policy file into *out (class name from the file name). Problems go to diag_out
+ * (every one, as FILE:LINE:COL: message lines; may be NULL) and the first into err. Returns 0,
+ * AGW_ERR_BAD_CONFIG, AGW_ERR_IO (unreadable) or AGW_ERR_NOMEM; on failure *out is cleared.
+ */
+int pol_load_file(const char *path, struct pol_class *out, FILE *diag_out, char *err,
+                  size_t err_size);
 
 /* certificate.c */
 /* KU mask (enum pol_ku) a certificate of profile p for key must carry. */

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 #include <openssl/x509.h>
@@ -32,6 +33,18 @@ enum pol_validation { POL_VALIDATE_PRE_AUTHORIZED = 1, POL_VALIDATE_HTTP01 = 2 }
  * reference. */
 int pol_set_default(const char *dns_suffix, unsigned validity_days, const char *issuer,
                     struct pol_set **out);
+/*
+ * Loads every *.yaml in dir, one class per file named after it ("devices.yaml" is class
+ * "devices"; the format is described at the top of policy/load.c). Strict: unknown keys, wrong
+ * types and contradictions are errors. err receives the first problem as "FILE:LINE:COL: text".
+ * Returns 0 (*out holds one reference), AGW_ERR_BAD_CONFIG, AGW_ERR_IO or AGW_ERR_NOMEM.
+ */
+int pol_set_load_dir(const char *dir, struct pol_set **out, char *err, size_t err_size);
+/*
+ * Checks one policy file and prints every problem to out as "FILE:LINE:COL: message" lines.
+ * Returns 0 when the file would load, AGW_ERR_BAD_CONFIG, AGW_ERR_IO or AGW_ERR_NOMEM.
+ */
+int pol_lint_file(const char *path, FILE *out);
 struct pol_set *pol_set_ref(struct pol_set *p);
 void pol_set_unref(struct pol_set *p); /* accepts NULL */
 

@@ -1,15 +1,20 @@
 /*
  * tests/unit/test_policy.c - the built-in default class: identifier rules, CSR checks, the
- * certificate template and the final check before signing. Each rule has an accepted and a
+ * certificate template and the final check before signing; then policy files: the examples in
+ * examples/policy.d, strict loading and lint positions. Each rule has an accepted and a
  * rejected case. Keys, CSRs and a software issuer are made here with OpenSSL; now is fixed.
  */
 #include "policy/policy.h"
 
 #include "common/err.h"
 #include "tests/check.h"
+#include "tests/testlib.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/evp.h>
@@ -852,6 +857,449 @@ static void final_rejects_disallowed_key_and_foreign_subject(void)
     issued_free(&t);
 }
 
+/* ---- policy files ---- */
+
+static char tmp[4096];
+
+/* examples/policy.d from the source tree. __FILE__ is relative to the build directory, which is
+ * the parent of this executable's directory (tests/), wherever the test is started from. */
+static void examples_dir(char *buf, size_t size)
+{
+    const char *src = getenv("SOURCE_DIR");
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    int dir_len = (int)(strrchr(__FILE__, '/') - __FILE__);
+
+    if (src != NULL) {
+        snprintf(buf, size, "%s/examples/policy.d", src);
+        return;
+    }
+    if (__FILE__[0] == '/' || n <= 0) {
+        snprintf(buf, size, "%.*s/../../examples/policy.d", dir_len, __FILE__);
+        return;
+    }
+    exe[n] = '\0';
+    *strrchr(exe, '/') = '\0'; /* build/tests */
+    snprintf(buf, size, "%s/../%.*s/../../examples/policy.d", exe, dir_len, __FILE__);
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[4200];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f != NULL) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* Lint output for one file written into a fresh subdirectory of tmp. */
+static char *lint_text(const char *name, const char *text, int *rc)
+{
+    static int seq;
+    char dir[4200], path[4300];
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    snprintf(dir, sizeof(dir), "%s/lint%d", tmp, seq++);
+    CHECK_INT(mkdir(dir, 0700), 0);
+    write_file(dir, name, text);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    *rc = pol_lint_file(path, f);
+    fclose(f);
+    /* drop the directory part so expectations read "name:line:col: ..." */
+    for (char *p = strstr(buf, dir); p != NULL; p = strstr(buf, dir))
+        memmove(p, p + strlen(dir) + 1, strlen(p + strlen(dir) + 1) + 1);
+    return buf;
+}
+
+static const char good_policy[] = "issuer: ca-1\n"
+                                  "identifiers:\n"
+                                  "  types: [dns]\n"
+                                  "  dns: [\"*.device.test\"]\n"
+                                  "validation:\n"
+                                  "  method: pre-authorized\n"
+                                  "csr:\n"
+                                  "  keys: [ec-p256]\n"
+                                  "profiles:\n"
+                                  "  - name: default\n"
+                                  "    validity_days: 30\n"
+                                  "    key_usage: [digitalSignature]\n";
+
+static void files_examples_load(void)
+{
+    char dir[4200], err[512] = "x";
+    struct pol_set *files = NULL;
+    const struct pol_class *dev, *lab, *web;
+
+    examples_dir(dir, sizeof(dir));
+    CHECK_INT(pol_set_load_dir(dir, &files, err, sizeof(err)), 0);
+    CHECK_STR(err, "");
+    dev = pol_class_find(files, "devices");
+    lab = pol_class_find(files, "lab");
+    web = pol_class_find(files, "web-servers");
+    CHECK(dev != NULL && lab != NULL && web != NULL);
+    CHECK(pol_class_find(files, "default") == NULL);
+    if (dev == NULL || lab == NULL || web == NULL) {
+        pol_set_unref(files);
+        return;
+    }
+    CHECK_INT(pol_class_validation(dev), POL_VALIDATE_PRE_AUTHORIZED);
+    CHECK_INT(pol_class_validation(web), POL_VALIDATE_HTTP01);
+    CHECK_INT(pol_class_max_identifiers(dev), 5);
+    CHECK_STR(pol_class_issuer(lab), "lab-ca");
+    for (int i = 0; i < 3; i++) { /* every example passes lint too */
+        static const char *const names[] = {"devices.yaml", "lab.yaml", "web-servers.yaml"};
+        char path[4300];
+
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        CHECK_INT(pol_lint_file(path, stderr), 0);
+    }
+    pol_set_unref(files);
+}
+
+static struct pol_set *load_examples(void)
+{
+    char dir[4200], err[512];
+    struct pol_set *files = NULL;
+
+    examples_dir(dir, sizeof(dir));
+    CHECK_INT(pol_set_load_dir(dir, &files, err, sizeof(err)), 0);
+    return files;
+}
+
+static void files_devices_source_cidr_keys_and_profile(void)
+{
+    struct pol_set *files = load_examples();
+    const struct pol_class *dev = pol_class_find(files, "devices");
+    const struct pol_class *web = pol_class_find(files, "web-servers");
+    struct pol_identifier id = {"dns", "a.device.test"}, apex = {"dns", "device.test"};
+    EVP_PKEY *ik = ec_key("P-256"), *key = ec_key("P-256"), *rsa = rsa_key(2048);
+    EVP_PKEY *account = ec_key("P-256");
+    X509 *issuer = make_issuer(ik, NOW + 3650 * DAY, 1), *cert = NULL;
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test"), *rsa_req;
+    int r, crit = -1, days = 0, secs = 0;
+    char detail[256];
+    EXTENDED_KEY_USAGE *eku;
+    CERTIFICATEPOLICIES *cp;
+
+    rsa_req = make_csr(rsa, NULL, "DNS:a.device.test");
+    CHECK(dev != NULL && web != NULL);
+    if (dev == NULL || web == NULL)
+        goto done;
+    CHECK_INT(pol_check_identifiers(dev, &id, 1, "127.0.0.1", &r), 0);
+    CHECK_INT(pol_check_identifiers(dev, &id, 1, "::1", &r), 0);
+    CHECK_INT(pol_check_identifiers(dev, &id, 1, "192.0.2.7", &r), AGW_ERR_UNAUTHORIZED);
+    CHECK_INT(pol_check_identifiers(dev, &id, 1, NULL, &r), AGW_ERR_UNAUTHORIZED);
+    CHECK_INT(pol_check_identifiers(dev, &apex, 1, "127.0.0.1", &r), AGW_ERR_REJECTED_IDENTIFIER);
+    /* http-01 classes do not look at the source */
+    CHECK_INT(pol_check_identifiers(web, &(struct pol_identifier){"dns", "www.web.test"}, 1,
+                                    "192.0.2.7", &r),
+              0);
+
+    CHECK_INT(pol_check_csr(dev, req, &id, 1, account, detail, sizeof(detail)), 0);
+    CHECK_INT(pol_check_csr(dev, rsa_req, &id, 1, account, detail, sizeof(detail)),
+              AGW_ERR_BAD_PUBLIC_KEY);
+    CHECK_STR(detail,
+              "key type rsa-2048 not allowed for class devices (allowed: ec-p256, ec-p384)");
+
+    CHECK_INT(pol_build_cert(dev, NULL, req, issuer, NOW, &cert), 0);
+    CHECK(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(cert), X509_get0_notAfter(cert)));
+    CHECK_INT(days, 365);
+    eku = X509_get_ext_d2i(cert, NID_ext_key_usage, &crit, NULL);
+    CHECK(eku != NULL && sk_ASN1_OBJECT_num(eku) == 1 &&
+          OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 0)) == NID_client_auth);
+    sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+    cp = X509_get_ext_d2i(cert, NID_certificate_policies, &crit, NULL);
+    CHECK(cp != NULL && sk_POLICYINFO_num(cp) == 1);
+    if (cp != NULL && sk_POLICYINFO_num(cp) == 1) {
+        char oid[64];
+
+        OBJ_obj2txt(oid, sizeof(oid), sk_POLICYINFO_value(cp, 0)->policyid, 1);
+        CHECK_STR(oid, "1.3.6.1.4.1.55555.1.2");
+    }
+    sk_POLICYINFO_pop_free(cp, POLICYINFO_free);
+    CHECK_INT(pol_check_final(dev, cert, NOW, detail, sizeof(detail)), 0);
+    /* a devices certificate is not a web-servers certificate, nor a default-class one */
+    CHECK_INT(pol_check_final(web, cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_INT(pol_check_final(cls, cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+done:
+    X509_free(cert);
+    X509_REQ_free(req);
+    X509_REQ_free(rsa_req);
+    X509_free(issuer);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(account);
+    pol_set_unref(files);
+}
+
+static void files_lab_ip_wildcards_ed25519_profiles(void)
+{
+    struct pol_set *files = load_examples();
+    const struct pol_class *lab = pol_class_find(files, "lab");
+    struct pol_identifier ids[] = {
+        {"ip", "10.1.2.3"}, {"dns", "*.lab.test"}, {"dns", "*.x.lab.test"}, {"ip", "fd00::1"}};
+    EVP_PKEY *ik = ec_key("P-256"), *key = ed25519_key(), *account = ec_key("P-256");
+    X509 *issuer = make_issuer(ik, NOW + 3650 * DAY, 1), *cert = NULL, *long_cert = NULL;
+    X509_REQ *req = make_csr(key, NULL, "IP:10.1.2.3,DNS:*.lab.test");
+    int results[4], r, days = 0, secs = 0;
+    char detail[256];
+    AUTHORITY_INFO_ACCESS *aia;
+
+    CHECK(lab != NULL);
+    if (lab == NULL)
+        goto done;
+    CHECK_INT(pol_check_identifiers(lab, ids, 4, "203.0.113.9", results), 0);
+    CHECK_INT(
+        pol_check_identifiers(lab, &(struct pol_identifier){"ip", "203.0.113.1"}, 1, NULL, &r),
+        AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(
+        pol_check_identifiers(lab, &(struct pol_identifier){"dns", "*.other.test"}, 1, NULL, &r),
+        AGW_ERR_REJECTED_IDENTIFIER);
+    CHECK_INT(pol_check_csr(lab, req, ids, 2, account, detail, sizeof(detail)), 0);
+
+    CHECK_INT(pol_build_cert(lab, NULL, req, issuer, NOW, &cert), 0); /* default: short */
+    CHECK(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(cert), X509_get0_notAfter(cert)));
+    CHECK_INT(days, 7);
+    CHECK_INT(pol_check_final(lab, cert, NOW, detail, sizeof(detail)), 0);
+    CHECK_INT(pol_build_cert(lab, "long", req, issuer, NOW, &long_cert), 0);
+    CHECK(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(long_cert),
+                         X509_get0_notAfter(long_cert)));
+    CHECK_INT(days, 90);
+    aia = X509_get_ext_d2i(long_cert, NID_info_access, NULL, NULL);
+    CHECK(aia != NULL && sk_ACCESS_DESCRIPTION_num(aia) == 1 &&
+          OBJ_obj2nid(sk_ACCESS_DESCRIPTION_value(aia, 0)->method) == NID_ad_OCSP);
+    sk_ACCESS_DESCRIPTION_pop_free(aia, ACCESS_DESCRIPTION_free);
+    /* matches the "long" profile as a whole, so the final check passes */
+    CHECK_INT(pol_check_final(lab, long_cert, NOW, detail, sizeof(detail)), 0);
+    /* 90 days with the short profile's extensions matches no profile */
+    ASN1_TIME_set(X509_getm_notAfter(cert), NOW + 90 * DAY);
+    CHECK_INT(pol_check_final(lab, cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK(strstr(detail, "profile short") != NULL);
+    X509_free(cert);
+    CHECK_INT(pol_build_cert(lab, "medium", req, issuer, NOW, &cert), AGW_ERR_INVALID_PROFILE);
+    CHECK(cert == NULL);
+done:
+    X509_free(cert);
+    X509_free(long_cert);
+    X509_REQ_free(req);
+    X509_free(issuer);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+    pol_set_unref(files);
+}
+
+static void files_web_crl_and_aia_exact(void)
+{
+    struct pol_set *files = load_examples();
+    const struct pol_class *web = pol_class_find(files, "web-servers");
+    EVP_PKEY *ik = ec_key("P-256"), *key = ec_key("P-256");
+    X509 *issuer = make_issuer(ik, NOW + 3650 * DAY, 1), *cert = NULL;
+    X509_REQ *req = make_csr(key, NULL, "DNS:www.web.test");
+    char detail[256];
+    X509_EXTENSION *ext;
+    CRL_DIST_POINTS *dps;
+
+    CHECK(web != NULL);
+    if (web == NULL)
+        goto done;
+    CHECK_INT(pol_build_cert(web, NULL, req, issuer, NOW, &cert), 0);
+    dps = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL);
+    CHECK(dps != NULL && sk_DIST_POINT_num(dps) == 1);
+    sk_DIST_POINT_pop_free(dps, DIST_POINT_free);
+    CHECK(X509_get_ext_by_NID(cert, NID_info_access, -1) >= 0);
+    CHECK_INT(pol_check_final(web, cert, NOW, detail, sizeof(detail)), 0);
+    X509_EXTENSION_free(
+        X509_delete_ext(cert, X509_get_ext_by_NID(cert, NID_crl_distribution_points, -1)));
+    ext =
+        X509V3_EXT_nconf_nid(NULL, NULL, NID_crl_distribution_points, "URI:http://evil.test/x.crl");
+    X509_add_ext(cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    CHECK_INT(pol_check_final(web, cert, NOW, detail, sizeof(detail)), AGW_ERR_POLICY_REJECTED);
+    CHECK_STR(detail, "X509v3 CRL Distribution Points is not exactly profile default's");
+done:
+    X509_free(cert);
+    X509_REQ_free(req);
+    X509_free(issuer);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(key);
+    pol_set_unref(files);
+}
+
+static void files_load_dir_errors(void)
+{
+    char dir[4200], err[512];
+    struct pol_set *files = NULL;
+
+    snprintf(dir, sizeof(dir), "%s/empty", tmp);
+    CHECK_INT(mkdir(dir, 0700), 0);
+    CHECK_INT(pol_set_load_dir(dir, &files, err, sizeof(err)), AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(err, "no *.yaml policy files") != NULL);
+    write_file(dir, "ok.yaml", good_policy);
+    CHECK_INT(pol_set_load_dir(dir, &files, err, sizeof(err)), 0);
+    CHECK(pol_class_find(files, "ok") != NULL);
+    pol_set_unref(files);
+    files = NULL;
+    write_file(dir, "typo.yaml", "issuer: ca-1\nidentifer: {}\n");
+    CHECK_INT(pol_set_load_dir(dir, &files, err, sizeof(err)), AGW_ERR_BAD_CONFIG);
+    CHECK(files == NULL);
+    CHECK(strstr(err, "/typo.yaml:2:1: unknown key 'identifer'") != NULL);
+    snprintf(dir, sizeof(dir), "%s/nope", tmp);
+    CHECK_INT(pol_set_load_dir(dir, &files, err, sizeof(err)), AGW_ERR_BAD_CONFIG);
+}
+
+static void lint_good_file_is_clean(void)
+{
+    int rc = -1;
+    char *out = lint_text("good.yaml", good_policy, &rc);
+
+    CHECK_INT(rc, 0);
+    CHECK_STR(out, "");
+    free(out);
+}
+
+static void lint_reports_unknown_keys_and_wrong_types_with_positions(void)
+{
+    static const char text[] = "issuer: ca-1\n"
+                               "identifiers:\n"
+                               "  types: dns\n" /* 3: not a list */
+                               "  dns: [\"*.device.test\"]\n"
+                               "  max: 9x\n"        /* 5: not a number */
+                               "  wildcard: true\n" /* 6: unknown key */
+                               "validation:\n"
+                               "  method: pre-authorized\n"
+                               "csr:\n"
+                               "  keys: [ec-p256]\n"
+                               "profiles:\n"
+                               "  - name: default\n"
+                               "    validity_days: 30\n"
+                               "    key_usage: [digitalSignature]\n"
+                               "    colour: blue\n"; /* 15: unknown key */
+    int rc = 0;
+    char *out = lint_text("types.yaml", text, &rc);
+
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(out, "types.yaml:3:10: expected a list\n") != NULL);
+    CHECK(strstr(out, "types.yaml:5:8: '9x' is not a whole number\n") != NULL);
+    CHECK(strstr(out, "types.yaml:6:3: unknown key 'wildcard' (known: types, dns, ip, max, "
+                      "wildcards)\n") != NULL);
+    CHECK(strstr(out, "types.yaml:15:5: unknown key 'colour'") != NULL);
+    fputs(out, stderr);
+    free(out);
+}
+
+static void lint_reports_meaning_problems_with_positions(void)
+{
+    static const char text[] = "issuer: ca-1\n"
+                               "identifiers:\n"
+                               "  types: [dns, ip]\n"
+                               "  dns: [\"*.device.test\", \"Bad..name\"]\n" /* 4:26 */
+                               "  ip: [10.0.0.1/8, 192.0.2.0/33]\n"          /* 5:8, 5:20 */
+                               "validation:\n"
+                               "  method: http-01\n"
+                               "  sources: [127.0.0.0/8]\n" /* 8:12 contradiction */
+                               "csr:\n"
+                               "  keys: [ec-p256, rsa-1024, \"rsa>=1024\"]\n" /* 10:19, 10:29 */
+                               "profiles:\n"
+                               "  - name: default\n"
+                               "    validity_days: 400\n"
+                               "    max_validity_days: 365\n"                     /* 14:24 */
+                               "    key_usage: [digitalSignature, keyCertSign]\n" /* 15:35 */
+                               "    extended_key_usage: [serverAuth, anyThing]\n" /* 16:38 */
+                               "    crl_urls: [ftp://x]\n"                        /* 17:16 */
+                               "default_profile: other\n";                        /* 18:18 */
+    int rc = 0;
+    char *out = lint_text("meaning.yaml", text, &rc);
+
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(out, "meaning.yaml:4:26: dns pattern 'Bad..name' is not") != NULL);
+    CHECK(strstr(out, "meaning.yaml:5:8: '10.0.0.1/8' is not a CIDR range") != NULL);
+    CHECK(strstr(out, "meaning.yaml:5:20: '192.0.2.0/33' is not a CIDR range") != NULL);
+    CHECK(strstr(out, "meaning.yaml:8:12: sources apply to pre-authorized validation only") !=
+          NULL);
+    CHECK(strstr(out, "meaning.yaml:10:19: unknown key type 'rsa-1024'") != NULL);
+    CHECK(strstr(out, "meaning.yaml:10:29: 'rsa>=1024': rsa>=N needs N in 2048..8192") != NULL);
+    CHECK(strstr(out, "meaning.yaml:14:24: validity_days (400) is above max_validity_days (365)") !=
+          NULL);
+    CHECK(strstr(out, "meaning.yaml:15:35: key usage keyCertSign is for CA certificates only") !=
+          NULL);
+    CHECK(strstr(out, "meaning.yaml:16:38: unknown extended key usage 'anyThing'") != NULL);
+    CHECK(strstr(out, "meaning.yaml:17:16: 'ftp://x' is not an http(s) URL") != NULL);
+    CHECK(strstr(out, "meaning.yaml:18:18: no profile is named 'other'") != NULL);
+    fputs(out, stderr);
+    free(out);
+}
+
+static void lint_reports_syntax_missing_keys_and_contradictions(void)
+{
+    int rc = 0;
+    char *out = lint_text("syntax.yaml", "issuer: [unclosed\n", &rc);
+
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strncmp(out, "syntax.yaml:2:1: YAML: ", 23) == 0);
+    free(out);
+
+    out = lint_text("missing.yaml", "issuer: ca-1\n", &rc);
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(out, "missing.yaml:1:1: missing key 'identifiers'\n") != NULL);
+    CHECK(strstr(out, "missing.yaml:1:1: missing key 'profiles'\n") != NULL);
+    free(out);
+
+    out = lint_text("wild.yaml",
+                    "issuer: ca-1\n"
+                    "identifiers:\n"
+                    "  types: [dns]\n"
+                    "  dns: [host.device.test]\n"
+                    "  wildcards: true\n"
+                    "validation:\n"
+                    "  method: pre-authorized\n"
+                    "csr:\n"
+                    "  keys: [ec-p256]\n"
+                    "profiles:\n"
+                    "  - name: default\n"
+                    "    validity_days: 30\n"
+                    "    key_usage: [digitalSignature]\n"
+                    "  - name: default\n"
+                    "    validity_days: 30\n"
+                    "    key_usage: [digitalSignature]\n",
+                    &rc);
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(out, "wild.yaml:5:14: wildcards are allowed but no dns pattern") != NULL);
+    CHECK(strstr(out, "wild.yaml:14:11: profile name 'default' is used twice") != NULL);
+    free(out);
+
+    out = lint_text("Bad Name.yaml", good_policy, &rc);
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(out, "file name must be CLASS.yaml") != NULL);
+    free(out);
+
+    out = lint_text("alias.yaml",
+                    "issuer: &a ca-1\n"
+                    "identifiers:\n"
+                    "  types: [dns]\n"
+                    "  dns: [*a]\n"
+                    "validation:\n"
+                    "  method: pre-authorized\n"
+                    "csr:\n"
+                    "  keys: [ec-p256]\n"
+                    "profiles:\n"
+                    "  - name: default\n"
+                    "    validity_days: 30\n"
+                    "    key_usage: [digitalSignature]\n",
+                    &rc);
+    CHECK_INT(rc, AGW_ERR_BAD_CONFIG);
+    CHECK(strstr(out, "aliases are not allowed") != NULL);
+    free(out);
+}
+
 int main(void)
 {
     CHECK_INT(pol_set_default("device.test", 90, "test-ca", &set), 0);
@@ -888,6 +1336,18 @@ int main(void)
     RUN(final_rejects_san_outside_suffix_or_of_other_type);
     RUN(final_rejects_other_ku_eku_or_unknown_extension);
     RUN(final_rejects_disallowed_key_and_foreign_subject);
+
+    CHECK_INT(tl_tmpdir(tmp, sizeof(tmp)), 0);
+    RUN(files_examples_load);
+    RUN(files_devices_source_cidr_keys_and_profile);
+    RUN(files_lab_ip_wildcards_ed25519_profiles);
+    RUN(files_web_crl_and_aia_exact);
+    RUN(files_load_dir_errors);
+    RUN(lint_good_file_is_clean);
+    RUN(lint_reports_unknown_keys_and_wrong_types_with_positions);
+    RUN(lint_reports_meaning_problems_with_positions);
+    RUN(lint_reports_syntax_missing_keys_and_contradictions);
+    tl_rmtree(tmp);
 
     pol_set_unref(set);
     return CHECK_DONE();
