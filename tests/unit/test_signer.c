@@ -520,6 +520,76 @@ done:
     fx_done(&f);
 }
 
+/* Does the file at path contain needle (after the line containing after, if not NULL)? */
+static bool file_has(const char *path, const char *after, const char *needle)
+{
+    static char buf[1 << 16];
+    const char *from = buf;
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (f == NULL)
+        return false;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    if (after != NULL) {
+        from = strstr(buf, after);
+        if (from == NULL)
+            return false;
+        from += strlen(after);
+    }
+    return strstr(from, needle) != NULL;
+}
+
+static void wrong_pin_on_reconnect_is_not_retried(void)
+{
+    struct hsm_signer *s = NULL;
+    char away[1200], log_path[1200], cmd[4096];
+    FILE *log_file = NULL;
+    double end;
+    struct fx f;
+
+    CHECK_INT(fx_setup(&f, HSM_KEY_EC_P256), 0);
+    snprintf(away, sizeof(away), "%s.away", f.tokens);
+    snprintf(log_path, sizeof(log_path), "%s/signer.log", f.dir);
+    CHECK_INT(hsm_signer_new(&f.cfg, USER_PIN, &s), 0);
+    if (s == NULL)
+        goto done;
+    CHECK_INT(sign_leaf_ok(s, "test", 2), 0);
+    /* someone changes the user PIN behind our back (PINs on argv: tests only) */
+    snprintf(cmd, sizeof(cmd),
+             "pkcs11-tool --module '%s' --token-label " LABEL " --login --pin " USER_PIN
+             " --change-pin --new-pin changed-pin-1 >/dev/null 2>&1",
+             f.cfg.ref.module);
+    CHECK_INT(system(cmd), 0);
+    log_file = fopen(log_path, "w");
+    if (log_file == NULL)
+        goto done;
+    setvbuf(log_file, NULL, _IOLBF, 0);
+    agw_log_set_file(log_file);
+    /* force a reconnect: the login with the old PIN must fail and stop the retries */
+    CHECK_INT(rename(f.tokens, away), 0);
+    CHECK_INT(sign_leaf_ok(s, "test", 3), AGW_ERR_HSM_UNAVAILABLE);
+    CHECK_INT(rename(away, f.tokens), 0);
+    end = now_ms() + 10000;
+    while (!file_has(log_path, NULL, "hsm.reconnect_stopped") && now_ms() < end)
+        sleep_ms(20);
+    CHECK(file_has(log_path, NULL, "hsm.reconnect_stopped"));
+    CHECK(file_has(log_path, NULL, "ckr=0xa0"));
+    sleep_ms(1000);                                              /* several back-off periods */
+    CHECK(!file_has(log_path, "hsm.reconnect_stopped", "hsm.")); /* no attempt since */
+    CHECK_INT(hsm_signer_ready(s), AGW_ERR_HSM_UNAVAILABLE);
+    CHECK_INT(sign_leaf_ok(s, "test", 4), AGW_ERR_HSM_UNAVAILABLE);
+    CHECK(!file_has(log_path, NULL, "changed-pin-1") && !file_has(log_path, NULL, USER_PIN));
+done:
+    hsm_signer_free(s);
+    agw_log_set_file(NULL);
+    if (log_file != NULL)
+        fclose(log_file);
+    fx_done(&f);
+}
+
 /* ---------------------------------------------------------------- start-up refusals */
 
 /* Runs hsm_signer_new with log lines captured; returns its result, *n_lines the line count. */
@@ -966,6 +1036,7 @@ int main(void)
     RUN(signs_from_8_threads_rsa_3072);
     RUN(signs_from_8_threads_ec_p384);
     RUN(token_moved_away_then_back_recovers);
+    RUN(wrong_pin_on_reconnect_is_not_retried);
     RUN(start_refusals);
     RUN(crl_signature_verifies);
     RUN(precheck_refusal_signs_nothing);
