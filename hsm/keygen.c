@@ -1,5 +1,6 @@
 /*
- * hsm/keygen.c - ceremony operations in raw PKCS#11: token init, key generation, attribute read-back.
+ * hsm/keygen.c - ceremony operations in raw PKCS#11: token init, key generation, attribute
+ * read-back.
  *
  * Why raw PKCS#11 and not libp11: libp11 0.4.12 cannot generate EC keys, its RSA keygen grants
  * decrypt and unwrap, and its PKCS11_init_token() passes an unpadded label (notes §2). So each call
@@ -19,8 +20,8 @@
  * safe on a partly opened struct. Object handles are borrowed from the session and die with it.
  * Token references (label or RFC 7512 URI) are matched by hsm_token_match() (hsm/util.c).
  *
- * Nothing is logged at info level or above: the ceremony tool prints exactly one line per error, and
- * the codes returned carry the meaning (CKR codes are translated once, in ckr_err()).
+ * Nothing is logged at info level or above: the ceremony tool prints exactly one line per error,
+ * and the codes returned carry the meaning (CKR codes are translated once, in ckr_err()).
  */
 #include "hsm/hsm.h"
 
@@ -61,7 +62,8 @@ struct p11 {
 };
 
 /* DER OIDs for CKA_EC_PARAMS (namedCurve). */
-static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+                                         0xce, 0x3d, 0x03, 0x01, 0x07};
 static const unsigned char oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 
 static int ckr_err(CK_RV rv)
@@ -386,7 +388,8 @@ static int find_first(struct p11 *p, CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl, CK_OBJ
     return 0;
 }
 
-/* Reads one variable-length attribute. *out owned by the caller (free); rv is the module's answer. */
+/* Reads one variable-length attribute. *out owned by the caller (free); rv is the module's answer.
+ */
 static CK_RV attr_get(struct p11 *p, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type,
                       unsigned char **out, size_t *len)
 {
@@ -489,7 +492,8 @@ static int ec_spki(enum hsm_key_alg alg, const unsigned char *ec_point, size_t p
         goto fail;
     err = AGW_ERR_NOMEM;
     bld = OSSL_PARAM_BLD_new();
-    if (bld == NULL || !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
+    if (bld == NULL ||
+        !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
         !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, pt_len))
         goto fail;
     err = fromdata("EC", bld, &pkey);
@@ -619,8 +623,12 @@ int hsm_key_generate(const struct hsm_token_ref *ref, const char *pin, enum hsm_
         goto fail;
     }
 
-#define PUB(ty, v, l)  pub_tmpl[n_pub++] = (CK_ATTRIBUTE){(ty), (void *)(uintptr_t)(v), (l)}
-#define PRIV(ty, v, l) priv_tmpl[n_priv++] = (CK_ATTRIBUTE){(ty), (void *)(uintptr_t)(v), (l)}
+#define PUB(ty, v, l) pub_tmpl[n_pub++] = (CK_ATTRIBUTE){(ty), (void *)(uintptr_t)(v), (l)}
+#define PRIV(ty, v, l)                                                                             \
+    priv_tmpl[n_priv++] = (CK_ATTRIBUTE)                                                           \
+    {                                                                                              \
+        (ty), (void *)(uintptr_t)(v), (l)                                                          \
+    }
     PUB(CKA_TOKEN, &yes, sizeof(yes));
     PUB(CKA_VERIFY, &yes, sizeof(yes));
     PUB(CKA_ENCRYPT, &no, sizeof(no));
@@ -764,9 +772,8 @@ int hsm_key_attrs_read(const struct hsm_token_ref *ref, const char *pin, const c
         goto fail;
     /* The secret half must stay inside: expect CKR_ATTRIBUTE_SENSITIVE here. */
     rv = attr_get(&p, priv,
-                  out->alg == HSM_KEY_EC_P256 || out->alg == HSM_KEY_EC_P384
-                      ? CKA_VALUE
-                      : CKA_PRIVATE_EXPONENT,
+                  out->alg == HSM_KEY_EC_P256 || out->alg == HSM_KEY_EC_P384 ? CKA_VALUE
+                                                                             : CKA_PRIVATE_EXPONENT,
                   &val, &val_len);
     out->value_readable = rv == CKR_OK;
     if (val != NULL) {

@@ -48,10 +48,10 @@
 #include "common/err.h"
 #include "common/log.h"
 
-#define MAX_STR        1024
-#define MAX_LIST       64
-#define MAX_DAYS       36500
-#define MAX_NC_CONF    16384
+#define MAX_STR     1024
+#define MAX_LIST    64
+#define MAX_DAYS    36500
+#define MAX_NC_CONF 16384
 
 static const char *prog = "acmegw-ceremony";
 static const char *cur_file; /* for error lines */
@@ -71,7 +71,8 @@ void cer_error(const char *fmt, ...)
 
 /* ---------------------------------------------------------------- schema */
 
-#define STR_OPT(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, st, m, 1, MAX_STR)
+#define STR_OPT(key, st, m)                                                                        \
+    CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, st, m, 1, MAX_STR)
 #define STR_REQ(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER, st, m, 1, MAX_STR)
 
 static const cyaml_schema_value_t str_entry = {
@@ -129,8 +130,8 @@ static const cyaml_schema_field_t profile_fields[] = {
                          MAX_LIST),
     CYAML_FIELD_UINT("validity_days", CYAML_FLAG_DEFAULT, struct cer_profile, validity_days),
     CYAML_FIELD_INT_PTR("path_length", CYAML_FLAG_OPTIONAL, struct cer_profile, path_length),
-    CYAML_FIELD_SEQUENCE("key_usage", CYAML_FLAG_POINTER, struct cer_profile, key_usage,
-                         &str_entry, 1, MAX_LIST),
+    CYAML_FIELD_SEQUENCE("key_usage", CYAML_FLAG_POINTER, struct cer_profile, key_usage, &str_entry,
+                         1, MAX_LIST),
     CYAML_FIELD_MAPPING_PTR("name_constraints", CYAML_FLAG_OPTIONAL, struct cer_profile,
                             name_constraints, nc_fields),
     CYAML_FIELD_END,
@@ -288,8 +289,8 @@ static int parse_hex_id(const char *hex, struct key_spec *k)
     return 0;
 }
 
-static int check_token(const struct cer_token *t, const char *where, bool so, struct hsm_token_ref *ref,
-                       char **pin, char **so_pin)
+static int check_token(const struct cer_token *t, const char *where, bool so,
+                       struct hsm_token_ref *ref, char **pin, char **so_pin)
 {
     int err;
 
@@ -311,7 +312,7 @@ static int check_token(const struct cer_token *t, const char *where, bool so, st
                    t->pin_file != NULL ? "file" : "environment variable",
                    t->pin_file != NULL ? t->pin_file : t->pin_env,
                    t->pin_file == NULL && err == AGW_ERR_BAD_INPUT ? "unset or empty"
-                                                                    : agw_err_str(err));
+                                                                   : agw_err_str(err));
     if (so) {
         err = hsm_secret_read(t->so_pin_file, t->so_pin_env, so_pin);
         if (err != 0)
@@ -410,8 +411,10 @@ static int check_profile(struct plan *pl)
         return bad("out of memory");
     for (unsigned i = 0; i < c->subject_count; i++) {
         const struct cer_subject_rdn *r = &c->subject[i];
-        const char *names[] = {"C", "ST", "L", "O", "OU", "CN", "DC", "serialNumber", "emailAddress"};
-        const char *vals[] = {r->c, r->st, r->l, r->o, r->ou, r->cn, r->dc, r->serial_number, r->email};
+        const char *names[] = {"C",  "ST",           "L",           "O", "OU", "CN",
+                               "DC", "serialNumber", "emailAddress"};
+        const char *vals[] = {r->c,    r->st, r->l, r->o, r->ou, r->cn, r->dc, r->serial_number,
+                              r->email};
         int set = -1, n_set = 0;
 
         for (int j = 0; j < 9; j++)
@@ -795,8 +798,7 @@ static int signer_open(const struct hsm_token_ref *ref, const char *label, const
 }
 
 /* Signs tbs (cert when crl == NULL) and returns the signed DER (free()). */
-static int sign_one(struct hsm_signer *s, X509 *x, X509_CRL *crl, unsigned char **der,
-                    size_t *len)
+static int sign_one(struct hsm_signer *s, X509 *x, X509_CRL *crl, unsigned char **der, size_t *len)
 {
     struct hsm_request req;
     struct hsm_response resp = {0, NULL, 0};
@@ -873,10 +875,10 @@ static json_t *inputs_json(const struct cer_file *f)
 
         for (unsigned i = 0; i < c->subject_count; i++) {
             const struct cer_subject_rdn *r = &c->subject[i];
-            const char *names[] = {"C", "ST", "L", "O", "OU", "CN", "DC", "serialNumber",
-                                   "emailAddress"};
-            const char *vals[] = {r->c, r->st, r->l, r->o, r->ou, r->cn, r->dc,
-                                  r->serial_number, r->email};
+            const char *names[] = {"C",  "ST",           "L",           "O", "OU", "CN",
+                                   "DC", "serialNumber", "emailAddress"};
+            const char *vals[] = {r->c,    r->st, r->l, r->o, r->ou, r->cn, r->dc, r->serial_number,
+                                  r->email};
             for (int j = 0; j < 9; j++)
                 if (vals[j] != NULL)
                     json_array_append_new(subj, json_pack("{s:s}", names[j], vals[j]));
@@ -924,8 +926,7 @@ static json_t *attrs_json(const struct hsm_key_attrs *a)
 
 /* The event line: who, when, what was asked, what came out, which key. */
 static json_t *event_json(const struct plan *pl, const char *const *outs, size_t n_outs,
-                          const struct hsm_key_attrs *a, const unsigned char *spki,
-                          size_t spki_len)
+                          const struct hsm_key_attrs *a, const unsigned char *spki, size_t spki_len)
 {
     char when[32], host[256], *b64;
     struct passwd *pw = getpwuid(getuid());
@@ -967,9 +968,9 @@ static json_t *event_json(const struct plan *pl, const char *const *outs, size_t
 static int read_attrs(const struct plan *pl, struct hsm_key_attrs *a, unsigned char **spki,
                       size_t *spki_len)
 {
-    int err = hsm_key_attrs_read(&pl->ref, pl->pin, pl->f->key->label,
-                                 pl->key.have_id ? pl->key.id : NULL, pl->key.id_len, a, spki,
-                                 spki_len);
+    int err =
+        hsm_key_attrs_read(&pl->ref, pl->pin, pl->f->key->label,
+                           pl->key.have_id ? pl->key.id : NULL, pl->key.id_len, a, spki, spki_len);
     return err != 0 ? token_fail("key read-back", &pl->ref, err) : 0;
 }
 
@@ -1031,7 +1032,8 @@ static int step_ca(struct plan *pl, struct cer_transcript *t)
                            pl->f->issuer->cert, pl->issuer_pin, &s) != 0) {
         goto out;
     }
-    if (sign_one(s, x, NULL, &der, &der_len) != 0 || write_pem(out, "CERTIFICATE", der, der_len) != 0)
+    if (sign_one(s, x, NULL, &der, &der_len) != 0 ||
+        write_pem(out, "CERTIFICATE", der, der_len) != 0)
         goto out;
     if (pl->step == STEP_INTERMEDIATE) {
         /* The transcript is signed by the step's new key: switch signers (never two at once). */
@@ -1073,7 +1075,8 @@ static int step_crl(struct plan *pl, struct cer_transcript *t)
         goto out;
     }
     if (signer_open(&pl->ref, pl->f->key->label, &pl->key, pl->f->cert, pl->pin, &s) != 0 ||
-        sign_one(s, NULL, crl, &der, &der_len) != 0 || write_pem(out, "X509 CRL", der, der_len) != 0 ||
+        sign_one(s, NULL, crl, &der, &der_len) != 0 ||
+        write_pem(out, "X509 CRL", der, der_len) != 0 ||
         cer_transcript_append(t, event_json(pl, &out, 1, &a, spki, spki_len)) != 0 ||
         cer_transcript_sign(t, "crl", s) != 0)
         goto out;
@@ -1102,12 +1105,12 @@ static int step_verify(struct plan *pl, struct cer_transcript *t)
         goto out;
     cert_len = i2d_PUBKEY(X509_get0_pubkey(pl->issuer_cert), &cert_spki);
     checks = json_object();
-#define CHK(name, cond)                                                                       \
-    do {                                                                                      \
-        bool ok_ = (cond);                                                                    \
-        json_object_set_new(checks, name, json_boolean(ok_));                                 \
-        if (!ok_ && failed == NULL)                                                           \
-            failed = name;                                                                    \
+#define CHK(name, cond)                                                                            \
+    do {                                                                                           \
+        bool ok_ = (cond);                                                                         \
+        json_object_set_new(checks, name, json_boolean(ok_));                                      \
+        if (!ok_ && failed == NULL)                                                                \
+            failed = name;                                                                         \
     } while (0)
     CHK("sensitive", a.sensitive && !a.extractable);
     CHK("always_sensitive", a.always_sensitive);
@@ -1249,8 +1252,9 @@ out:
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: %s run FILE.yaml [--transcript PATH]\n"
-                    "       %s verify-transcript FILE\n",
+    fprintf(stderr,
+            "usage: %s run FILE.yaml [--transcript PATH]\n"
+            "       %s verify-transcript FILE\n",
             prog, prog);
     return 2;
 }

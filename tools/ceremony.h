@@ -100,7 +100,7 @@ int cer_transcript_verify(const char *path);
 
 /* Helpers shared by both files. */
 void cer_sha256_hex(const void *data, size_t len, char out[65]);
-int cer_file_sha256(const char *path, char out[65]); /* 0, or -1 if it cannot be read */
+int cer_file_sha256(const char *path, char out[65]);  /* 0, or -1 if it cannot be read */
 char *cer_b64(const unsigned char *data, size_t len); /* malloc'd, NUL-terminated, or NULL */
 void cer_rfc3339(time_t t, char out[32]);
 

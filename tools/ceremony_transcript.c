@@ -258,9 +258,9 @@ static X509_NAME *attest_name(void)
 {
     X509_NAME *n = X509_NAME_new();
 
-    if (n != NULL && !X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
-                                                  (const unsigned char *)"acmegw transcript", -1,
-                                                  -1, 0)) {
+    if (n != NULL &&
+        !X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
+                                    (const unsigned char *)"acmegw transcript", -1, -1, 0)) {
         X509_NAME_free(n);
         n = NULL;
     }
@@ -355,12 +355,11 @@ int cer_transcript_sign(struct cer_transcript *t, const char *step, struct hsm_s
         BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
         !X509_set_subject_name(x, name) ||
         /* the signer refuses a certificate not issued under its CA's name (when it has one) */
-        !X509_set_issuer_name(x, hsm_ca_cert(s) != NULL
-                                     ? X509_get_subject_name((X509 *)hsm_ca_cert(s))
-                                     : name) ||
+        !X509_set_issuer_name(
+            x, hsm_ca_cert(s) != NULL ? X509_get_subject_name((X509 *)hsm_ca_cert(s)) : name) ||
         X509_time_adj_ex(X509_getm_notBefore(x), 0, 0, &now) == NULL ||
-        X509_time_adj_ex(X509_getm_notAfter(x), 1, 0, &now) == NULL ||
-        !X509_set_pubkey(x, pkey) || add_digest_ext(x, digest) != 0)
+        X509_time_adj_ex(X509_getm_notAfter(x), 1, 0, &now) == NULL || !X509_set_pubkey(x, pkey) ||
+        add_digest_ext(x, digest) != 0)
         goto oom;
     if (hsm_tbs_cert(s, x, &tbs, &tbs_len) != 0)
         goto oom;
@@ -508,7 +507,8 @@ int cer_transcript_verify(const char *path)
         else if (type != NULL && strcmp(type, "event") == 0) {
             json_t *outs = json_object_get(o, "outputs"), *v;
             const char *st = json_string_value(json_object_get(o, "step"));
-            const char *k = json_string_value(json_object_get(json_object_get(o, "key"), "public_key"));
+            const char *k =
+                json_string_value(json_object_get(json_object_get(o, "key"), "public_key"));
             size_t i;
 
             free(step);
@@ -516,7 +516,8 @@ int cer_transcript_verify(const char *path)
             step = st != NULL ? strdup(st) : NULL;
             pub = k != NULL ? strdup(k) : NULL;
             n_events++;
-            json_array_foreach(outs, i, v) {
+            json_array_foreach(outs, i, v)
+            {
                 const char *fp = json_string_value(json_object_get(v, "path"));
                 const char *fh = json_string_value(json_object_get(v, "sha256"));
                 char got[65];
@@ -526,14 +527,15 @@ int cer_transcript_verify(const char *path)
                     break;
                 }
                 if (cer_file_sha256(fp, got) != 0) {
-                    fprintf(stderr, "acmegw-ceremony: %s:%zu: note: %s no longer exists, not checked\n",
+                    fprintf(stderr,
+                            "acmegw-ceremony: %s:%zu: note: %s no longer exists, not checked\n",
                             path, lineno, fp);
                     continue;
                 }
                 n_files++;
                 if (strcmp(got, fh) != 0) {
-                    fprintf(stderr, "acmegw-ceremony: %s:%zu: %s: SHA-256 mismatch\n", path,
-                            lineno, fp);
+                    fprintf(stderr, "acmegw-ceremony: %s:%zu: %s: SHA-256 mismatch\n", path, lineno,
+                            fp);
                     rc = 1;
                 }
             }

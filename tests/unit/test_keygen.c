@@ -78,13 +78,13 @@ static void keygen_round_trip(enum hsm_key_alg alg, const char *label, unsigned 
     CHECK_INT(a.alg, alg);
 
     /* a second key under the same label, or the same id, is refused */
-    CHECK_INT(hsm_key_generate(&ref, USER_PIN, alg, label, (const unsigned char *)"\x01", 1,
-                               &pub2, &pub2_len),
-              AGW_ERR_EXISTS);
-    CHECK(pub2 == NULL);
-    CHECK_INT(hsm_key_generate(&ref, USER_PIN, alg, "other-label", id, sizeof(id), &pub2,
+    CHECK_INT(hsm_key_generate(&ref, USER_PIN, alg, label, (const unsigned char *)"\x01", 1, &pub2,
                                &pub2_len),
               AGW_ERR_EXISTS);
+    CHECK(pub2 == NULL);
+    CHECK_INT(
+        hsm_key_generate(&ref, USER_PIN, alg, "other-label", id, sizeof(id), &pub2, &pub2_len),
+        AGW_ERR_EXISTS);
     CHECK_INT(hsm_key_attrs_read(&ref, USER_PIN, "other-label", NULL, 0, &a, NULL, NULL),
               AGW_ERR_NOT_FOUND);
     OPENSSL_free(pub);
@@ -102,7 +102,8 @@ static void keygen_rsa_3072_is_sensitive_sign_only(void)
 
 static void token_selected_by_uri(void)
 {
-    struct hsm_token_ref uri = {ref.module, "pkcs11:token=keygen%2dtest;manufacturer=SoftHSM%20project"};
+    struct hsm_token_ref uri = {ref.module,
+                                "pkcs11:token=keygen%2dtest;manufacturer=SoftHSM%20project"};
     struct hsm_token_ref other = {ref.module, "pkcs11:token=nope"};
     struct hsm_key_attrs a;
 
@@ -117,8 +118,8 @@ static void wrong_pin_is_unauthorized(void)
     size_t pub_len = 0;
     struct hsm_key_attrs a;
 
-    CHECK_INT(hsm_key_generate(&ref, "wrong-pin", HSM_KEY_EC_P256, "never", (const unsigned char *)"\x09",
-                               1, &pub, &pub_len),
+    CHECK_INT(hsm_key_generate(&ref, "wrong-pin", HSM_KEY_EC_P256, "never",
+                               (const unsigned char *)"\x09", 1, &pub, &pub_len),
               AGW_ERR_UNAUTHORIZED);
     CHECK_INT(hsm_key_attrs_read(&ref, "wrong-pin", "ca-ec", NULL, 0, &a, NULL, NULL),
               AGW_ERR_UNAUTHORIZED);
