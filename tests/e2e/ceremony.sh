@@ -139,7 +139,7 @@ len=$(stat -c %s ec.jsonl)
 for frac in 1 3 5 7 9; do
     off=$((len * frac / 10))
     cp ec.jsonl tampered.jsonl
-    python3 -c 'import sys
+    "${PYTHON:-/usr/bin/python3}" -c 'import sys
 p, off = sys.argv[1], int(sys.argv[2])
 d = bytearray(open(p, "rb").read())
 d[off] ^= 0x01
