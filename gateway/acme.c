@@ -540,7 +540,7 @@ static void handle_key_change(struct acme_ctx *c)
     struct gw_jws inner;
     EVP_PKEY *newkey = NULL;
     json_t *old_jwk = NULL;
-    char thumb[ST_THUMB_LEN], old_thumb[ST_THUMB_LEN], acct_thumb[ST_THUMB_LEN];
+    char thumb[ST_THUMB_LEN], old_thumb[ST_THUMB_LEN];
     char *canon = NULL, *acct_url = NULL;
     struct st_account other;
     int err;
@@ -586,7 +586,6 @@ static void handle_key_change(struct acme_ctx *c)
                             "oldKey is not the account's current key");
         goto out;
     }
-    (void)acct_thumb;
     if (gw_jwk_thumbprint(inner.jwk, thumb, sizeof(thumb)) != 0 ||
         gw_jwk_canonical(inner.jwk, &canon) != 0) {
         gw_response_problem(c->resp, AGW_ERR_BAD_INPUT, "new key is not usable");
@@ -1023,8 +1022,9 @@ static void handle_authz(struct acme_ctx *c, const char *id)
                                     "status may only be set to \"deactivated\"");
                 goto out;
             }
-            if (st_authz_transition(c->srv->store, a.id, a.status, "deactivated") != 0 ||
-                (strcmp(a.status, "valid") != 0 && strcmp(a.status, "pending") != 0)) {
+            /* §7.5.2: only pending or valid authorizations can be deactivated */
+            if ((strcmp(a.status, "valid") != 0 && strcmp(a.status, "pending") != 0) ||
+                st_authz_transition(c->srv->store, a.id, a.status, "deactivated") != 0) {
                 gw_response_problem(c->resp, AGW_ERR_UNAUTHORIZED,
                                     "only pending or valid authorizations can be deactivated");
                 goto out;

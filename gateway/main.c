@@ -36,15 +36,10 @@ static int open_policy(struct gw_server *srv, char *err, size_t err_size)
     struct gw_config *cfg = srv->cfg;
 
     if (cfg->policy_dir != NULL) {
-#ifdef AGW_HAVE_POLICY_DIR
         char *dir = gw_config_path(cfg, cfg->policy_dir);
         int rc = dir != NULL ? pol_set_load_dir(dir, &srv->policy, err, err_size) : AGW_ERR_NOMEM;
         free(dir);
         return rc;
-#else
-        snprintf(err, err_size, "policy_dir is not supported by this build");
-        return AGW_ERR_BAD_CONFIG;
-#endif
     }
     snprintf(err, err_size, "default class");
     return pol_set_default(cfg->default_class->dns_suffix, cfg->default_class->validity_days,

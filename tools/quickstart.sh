@@ -131,7 +131,8 @@ token:
   module: $MODULE
   label: $TOKEN_LABEL
   pin_file: $STATE/secrets/pin
-  so_pin_file: $STATE/secrets/so-pin"
+  so_pin_file: $STATE/secrets/so-pin
+transcript: $STATE/ca/ceremony.transcript.jsonl"
 cer 10-root.yaml "step: root
 $TOKEN_BLOCK
 key:
