@@ -663,8 +663,9 @@ static json_t *order_json(struct acme_ctx *c, const struct st_order *o)
     return obj;
 }
 
-/* Brings a stored order up to date: pending -> ready once every authz is valid; pending or
- * ready -> invalid once expired. */
+/* Brings a stored order up to date (§7.1.6). pending -> ready is stored (finalize depends on it);
+ * invalid because expired or because an authorization went invalid/deactivated is derived at
+ * read time and not written, so a read never changes the store. */
 static void order_refresh(struct acme_ctx *c, struct st_order *o)
 {
     struct gw_server *srv = c->srv;
@@ -672,29 +673,27 @@ static void order_refresh(struct acme_ctx *c, struct st_order *o)
     size_t n = 0;
     int all_valid = 1, any_invalid = 0;
 
-    if ((strcmp(o->status, "pending") == 0 || strcmp(o->status, "ready") == 0) &&
-        o->expires != 0 && o->expires < c->now) {
-        if (st_order_transition(srv->store, o->id, o->status, "invalid", NULL) == 0)
-            snprintf(o->status, sizeof(o->status), "invalid");
+    if (strcmp(o->status, "pending") != 0 && strcmp(o->status, "ready") != 0)
+        return;
+    if (o->expires != 0 && o->expires < c->now) {
+        snprintf(o->status, sizeof(o->status), "invalid");
         return;
     }
-    if (strcmp(o->status, "pending") != 0)
-        return;
     if (st_authz_list_by_order(srv->store, o->id, &az, &n) != 0)
         return;
     for (size_t i = 0; i < n; i++) {
         if (strcmp(az[i].status, "valid") != 0)
             all_valid = 0;
         if (strcmp(az[i].status, "invalid") == 0 || strcmp(az[i].status, "deactivated") == 0 ||
-            strcmp(az[i].status, "revoked") == 0 || strcmp(az[i].status, "expired") == 0)
+            strcmp(az[i].status, "revoked") == 0 || strcmp(az[i].status, "expired") == 0 ||
+            (az[i].expires != 0 && az[i].expires < c->now))
             any_invalid = 1;
         st_authz_clear(&az[i]);
     }
     free(az);
     if (any_invalid) {
-        if (st_order_transition(srv->store, o->id, "pending", "invalid", NULL) == 0)
-            snprintf(o->status, sizeof(o->status), "invalid");
-    } else if (all_valid && n > 0) {
+        snprintf(o->status, sizeof(o->status), "invalid");
+    } else if (all_valid && n > 0 && strcmp(o->status, "pending") == 0) {
         if (st_order_transition(srv->store, o->id, "pending", "ready", NULL) == 0)
             snprintf(o->status, sizeof(o->status), "ready");
     }
@@ -829,15 +828,37 @@ static void handle_new_order(struct acme_ctx *c)
                                  "one or more identifiers are not allowed for this account");
         for (i = 0; i < n_unique; i++)
             if (results[i] != 0)
-                gw_problem_add_sub(problem, results[i],
+                gw_problem_add_sub(problem,
+                                   results[i] == AGW_ERR_UNAUTHORIZED ? AGW_ERR_REJECTED_IDENTIFIER
+                                                                      : results[i],
                                    results[i] == AGW_ERR_UNSUPPORTED_IDENTIFIER
                                        ? "identifier type is not supported"
                                    : results[i] == AGW_ERR_BAD_INPUT
                                        ? "identifier is malformed"
+                                   : results[i] == AGW_ERR_UNAUTHORIZED
+                                       ? "this class may not use this identifier from your "
+                                         "network address"
                                        : "identifier is not allowed by the policy",
                                    pids[i].type, pids[i].value);
-        /* all malformed: malformed; else rejectedIdentifier (with subproblems either way) */
-        set_problem_json(c->resp, AGW_ERR_REJECTED_IDENTIFIER, problem);
+        /* §6.7.1: when every failure is of one kind the top level says so (e.g. all
+         * malformed); mixed failures are rejectedIdentifier. Subproblems either way. */
+        {
+            int top = 0;
+            for (i = 0; i < n_unique; i++) {
+                int r = results[i] == AGW_ERR_UNAUTHORIZED ? AGW_ERR_REJECTED_IDENTIFIER
+                                                           : results[i];
+                if (r != 0)
+                    top = top == 0 || top == r ? r : AGW_ERR_REJECTED_IDENTIFIER;
+            }
+            json_object_set_new(problem, "type",
+                                json_string(top == AGW_ERR_BAD_INPUT
+                                                ? "urn:ietf:params:acme:error:malformed"
+                                            : top == AGW_ERR_UNSUPPORTED_IDENTIFIER
+                                                ? "urn:ietf:params:acme:error:"
+                                                  "unsupportedIdentifier"
+                                                : "urn:ietf:params:acme:error:rejectedIdentifier"));
+            set_problem_json(c->resp, top, problem);
+        }
         problem = NULL;
         LOG_INFO("acme.order_rejected", "account=%s class=%s n=%zu", c->acct.id,
                  c->acct.class_name, n_unique);

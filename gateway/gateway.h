@@ -81,7 +81,13 @@ struct pol_set *gw_policy_get(struct gw_server *srv);
 /* The issuer called name, or the first one for NULL/""; NULL if there is none. */
 struct gw_issuer *gw_issuer_find(struct gw_server *srv, const char *name);
 
-/* The HTTP server (server.c): runs until SIGTERM/SIGINT; returns 0 on a clean stop. */
+/* The HTTP server (server.c): runs until SIGTERM/SIGINT (SIGHUP reloads the policy); returns 0
+ * on a clean stop. Call gw_signals_block() first thing in main, before any thread starts. */
 int gw_server_run(struct gw_server *srv);
+void gw_signals_block(void);
+/* Re-reads the policy directory; swaps the set atomically only if every file is valid, else
+ * keeps the running policy and logs why. Requests in flight keep the set they started with.
+ * Returns 0 or AGW_ERR_BAD_CONFIG. */
+int gw_policy_reload(struct gw_server *srv);
 
 #endif

@@ -46,6 +46,33 @@ static int open_policy(struct gw_server *srv, char *err, size_t err_size)
                            cfg->issuers[0].name, &srv->policy);
 }
 
+int gw_policy_reload(struct gw_server *srv)
+{
+    struct pol_set *fresh = NULL, *old;
+    char err[600] = "";
+    char *dir;
+    int rc;
+
+    if (srv->cfg->policy_dir == NULL) {
+        LOG_WARN("policy.reload_skipped", "reason=\"no policy_dir: the default class is built in\"");
+        return 0;
+    }
+    dir = gw_config_path(srv->cfg, srv->cfg->policy_dir);
+    rc = dir != NULL ? pol_set_load_dir(dir, &fresh, err, sizeof(err)) : AGW_ERR_NOMEM;
+    free(dir);
+    if (rc != 0) {
+        LOG_ERROR("policy.reload_failed", "error=\"%s\" kept=running", err);
+        return AGW_ERR_BAD_CONFIG;
+    }
+    pthread_mutex_lock(&srv->policy_lock);
+    old = srv->policy;
+    srv->policy = fresh;
+    pthread_mutex_unlock(&srv->policy_lock);
+    pol_set_unref(old); /* requests in flight hold their own references */
+    LOG_INFO("policy.reloaded", "dir=%s", srv->cfg->policy_dir);
+    return 0;
+}
+
 static int open_issuers(struct gw_server *srv)
 {
     struct gw_config *cfg = srv->cfg;
@@ -127,6 +154,7 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    gw_signals_block();
     pthread_mutex_init(&srv.policy_lock, NULL);
     err = gw_config_load(config_path, &srv.cfg, err_text, sizeof(err_text));
     if (err != 0) {

@@ -62,6 +62,7 @@ struct loop_thread {
     h2o_multithread_receiver_t waker;
     h2o_socket_t *listeners[16];
     int n_listeners;
+    size_t n_in_flight; /* loop thread only: jobs queued by this loop and not yet answered */
 };
 
 /* The worker pool: one queue shared by all loop threads. */
@@ -131,6 +132,7 @@ static void on_job_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *me
         struct gw_job *job = (struct gw_job *)msg;
 
         h2o_linklist_unlink(&msg->link);
+        job->lt->n_in_flight--;
         if (job->guard != NULL) {
             job->guard->job = NULL;
             send_response(job->req, &job->out);
@@ -333,7 +335,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     guard = h2o_mem_alloc_shared(&req->pool, sizeof(*guard), on_guard_dispose);
     guard->job = job;
     job->guard = guard;
+    lt->n_in_flight++;
     if (!pool_push(job)) {
+        lt->n_in_flight--;
         free(job->in.body);
         free(job);
         guard->job = NULL;
@@ -401,16 +405,22 @@ static void *loop_main(void *arg)
         h2o_socket_read_stop(lt->listeners[i]);
         h2o_socket_close(lt->listeners[i]);
     }
-    /* finish what is queued: keep answering while jobs of this loop are in flight */
-    for (int i = 0; i < 50; i++)
+    /* finish what is queued: keep answering while jobs of this loop are in flight (<= 10 s) */
+    for (int i = 0; i < 100 && lt->n_in_flight > 0; i++)
         h2o_evloop_run(lt->ctx.loop, 100);
     return NULL;
 }
 
-static void on_signal(int sig)
+void gw_signals_block(void)
 {
-    (void)sig;
-    stop_requested = 1;
+    sigset_t set;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }
 
 static int setup_tls(struct gw_config *cfg)
@@ -448,7 +458,7 @@ int gw_server_run(struct gw_server *srv)
     h2o_handler_t *handler;
     int need_tls = 0, rc = 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    struct sigaction sa;
+    sigset_t sigs;
 
     n_loops = cfg->threads != 0 ? cfg->threads : (unsigned)(ncpu > 0 ? ncpu : 1);
     pool.n_threads = cfg->workers != 0 ? cfg->workers : 2 * n_loops + 2;
@@ -468,11 +478,12 @@ int gw_server_run(struct gw_server *srv)
     if (need_tls && setup_tls(cfg) != 0)
         return AGW_ERR_BAD_CONFIG;
 
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    /* gw_signals_block() ran before any thread started: every thread inherits the mask and
+     * only this thread takes SIGTERM, SIGINT and SIGHUP, with sigwait() */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
 
     loops = calloc(n_loops, sizeof(*loops));
     pool.tids = calloc(pool.n_threads, sizeof(pthread_t));
@@ -516,8 +527,15 @@ int gw_server_run(struct gw_server *srv)
                      cfg->listen[i].address, cfg->listen[i].port,
                      cfg->listen[i].plain_http ? "no" : "yes", n_loops, pool.n_threads);
         LOG_INFO("acme.directory", "url=%s/directory", cfg->base_url);
-        while (!stop_requested)
-            pause();
+        while (!stop_requested) {
+            int sig = 0;
+            if (sigwait(&sigs, &sig) != 0)
+                continue;
+            if (sig == SIGHUP)
+                gw_policy_reload(srv);
+            else
+                stop_requested = 1;
+        }
         LOG_INFO("server.stopping", "reason=signal");
         for (unsigned i = 0; i < n_loops; i++)
             h2o_multithread_send_message(&loops[i].waker, NULL);

@@ -7,6 +7,8 @@
  *   acmegw-admin [--config FILE] cert list [--class C] [--identifier S] [--status S]
  *                                         [--expiring-before DAYS] [--json|--csv]
  *   acmegw-admin [--config FILE] cert revoke SERIAL --reason R
+ *   acmegw-admin policy lint FILE...           (no config needed)
+ *   acmegw-admin [--config FILE] policy reload (lint policy_dir, then SIGHUP the gateway)
  *
  * The config file (default $ACMEGW_CONFIG) names the store and the seal key file. SQLite in WAL
  * mode lets this process read and write while the gateway runs; writes wait on SQLite's lock.
@@ -16,7 +18,12 @@
 #include "common/log.h"
 #include "gateway/config.h"
 #include "gateway/jws.h"
+#include "policy/policy.h"
 #include "store/store.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/types.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +49,8 @@ static int usage(void)
             "                    [--status valid|revoked|expired] [--expiring-before DAYS]\n"
             "                    [--json|--csv]\n"
             "       acmegw-admin [--config FILE] cert revoke SERIAL --reason R\n"
+            "       acmegw-admin policy lint FILE...\n"
+            "       acmegw-admin [--config FILE] policy reload\n"
             "(FILE defaults to $ACMEGW_CONFIG; R is a number 0-10 or an RFC 5280 name)\n");
     return 2;
 }
@@ -294,6 +303,68 @@ static int cert_revoke(struct st_store *st, int argc, char **argv)
     return 0;
 }
 
+static int policy_lint(int argc, char **argv)
+{
+    int bad = 0;
+
+    if (argc < 1)
+        return usage();
+    for (int i = 0; i < argc; i++)
+        if (pol_lint_file(argv[i], stdout) != 0)
+            bad = 1;
+    if (!bad)
+        printf("%d file%s OK\n", argc, argc == 1 ? "" : "s");
+    return bad;
+}
+
+/* Lints the running config's policy directory with the gateway's own loader, and only if it is
+ * valid signals the gateway (SIGHUP) to swap it in. */
+static int policy_reload(const char *config_path)
+{
+    struct gw_config *cfg = NULL;
+    struct pol_set *set = NULL;
+    char err[600] = "", *dir = NULL, *pidf = NULL;
+    FILE *f;
+    long pid = 0;
+    int rc = 1;
+
+    if (gw_config_load(config_path, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "acmegw-admin: %s\n", err);
+        return 1;
+    }
+    if (cfg->policy_dir == NULL || cfg->pid_file == NULL) {
+        fprintf(stderr, "acmegw-admin: the config needs policy_dir and pid_file to reload\n");
+        goto out;
+    }
+    dir = gw_config_path(cfg, cfg->policy_dir);
+    if (pol_set_load_dir(dir, &set, err, sizeof(err)) != 0) {
+        fprintf(stderr, "acmegw-admin: not reloading: %s\n", err);
+        goto out;
+    }
+    pidf = gw_config_path(cfg, cfg->pid_file);
+    f = fopen(pidf, "r");
+    if (f == NULL || fscanf(f, "%ld", &pid) != 1 || pid <= 1) {
+        fprintf(stderr, "acmegw-admin: no gateway pid in %s\n", pidf);
+        if (f != NULL)
+            fclose(f);
+        goto out;
+    }
+    fclose(f);
+    if (kill((pid_t)pid, SIGHUP) != 0) {
+        fprintf(stderr, "acmegw-admin: cannot signal pid %ld: %s\n", pid, strerror(errno));
+        goto out;
+    }
+    printf("policy in %s is valid; gateway pid %ld told to reload (see its log: "
+           "policy.reloaded)\n", dir, pid);
+    rc = 0;
+out:
+    pol_set_unref(set);
+    free(dir);
+    free(pidf);
+    gw_config_free(cfg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *config = getenv("ACMEGW_CONFIG");
@@ -307,6 +378,8 @@ int main(int argc, char **argv)
     }
     if (argc - i < 2)
         return usage();
+    if (strcmp(argv[i], "policy") == 0 && strcmp(argv[i + 1], "lint") == 0)
+        return policy_lint(argc - i - 2, argv + i + 2);
     if (config == NULL) {
         fprintf(stderr, "acmegw-admin: no config: pass --config FILE or set ACMEGW_CONFIG\n");
         return 2;
@@ -318,6 +391,8 @@ int main(int argc, char **argv)
                       strcmp(verb, "revoke") == 0)) ||
                     (strcmp(noun, "cert") == 0 &&
                      (strcmp(verb, "list") == 0 || strcmp(verb, "revoke") == 0));
+        if (strcmp(noun, "policy") == 0 && strcmp(verb, "reload") == 0)
+            return policy_reload(config);
         if (!known)
             return usage();
         if (open_store(config, &st) != 0)
