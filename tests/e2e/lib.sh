@@ -60,6 +60,9 @@ e2e_start() {
     done
     "$E2E_PY" -c 'import cryptography' || { e2e_log "missing python3-cryptography"; exit 1; }
     [ -x "$BUILD_DIR/gateway/acmegw" ] || { e2e_log "no $BUILD_DIR/gateway/acmegw"; exit 1; }
+    # sanitizer builds: the project's leak suppressions (tools/run-tests.sh sets the same)
+    [ -f "$SOURCE_DIR/tests/lsan.supp" ] &&
+        export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$SOURCE_DIR/tests/lsan.supp:print_suppressions=0}
     E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/acmegw-e2e-$E2E_NAME.XXXXXX")
     trap e2e_cleanup EXIT
     trap 'exit 130' INT TERM
@@ -111,6 +114,23 @@ e2e_check() { # description, command...
 
 e2e_gateway_alive() {
     kill -0 "$ACMEGW_PID" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$ACMEGW_PID/status"
+}
+
+# Stops the gateway now (SIGTERM via quickstart.sh --stop) so that what it prints at exit
+# (LeakSanitizer, a crash during shutdown) lands in the log before the checks below read it.
+e2e_stop() {
+    ACMEGW_STATE=$ACMEGW_STATE ACMEGW_BUILD_DIR=$BUILD_DIR "$SOURCE_DIR/tools/quickstart.sh" --stop \
+        >/dev/null 2>&1 || true
+    E2E_STARTED=0
+}
+
+e2e_log_clean() { # no sanitizer report and no crash in the gateway log
+    ! grep -qE 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|SUMMARY: .*Sanitizer|Segmentation fault|Aborted' \
+        "$ACMEGW_STATE/acmegw.log"
+}
+
+e2e_stopped_cleanly() {
+    grep -q 'server.stopped clean=yes' "$ACMEGW_STATE/acmegw.log"
 }
 
 e2e_summary() {
