@@ -417,6 +417,25 @@ static void handle_new_account(struct acme_ctx *c)
                                 "external account binding is not valid");
             goto out;
         }
+        {
+            struct pol_set *pol = gw_policy_get(srv);
+            const struct pol_class *cls = pol_class_find(pol, eab.class_name);
+            const char *why = NULL;
+
+            if (cls == NULL)
+                why = "the EAB key's device class has no policy";
+            else if (!pol_class_eab_multiple_accounts(cls) && eab.n_accounts > 0)
+                why = "this EAB key is already bound to an account (single-use class)";
+            else if (!pol_class_eab_multiple_accounts(cls))
+                a.eab_max_accounts = 1; /* the store enforces it against a race, too */
+            pol_set_unref(pol);
+            if (why != NULL) {
+                LOG_WARN("acme.eab_rejected", "kid=%s client=%s reason=\"%s\"", kid,
+                         c->req->client_ip, why);
+                gw_response_problem(c->resp, AGW_ERR_UNAUTHORIZED, why);
+                goto out;
+            }
+        }
         snprintf(a.eab_kid, sizeof(a.eab_kid), "%s", kid);
         snprintf(a.class_name, sizeof(a.class_name), "%s", eab.class_name);
     } else {
@@ -790,6 +809,8 @@ static void handle_new_order(struct acme_ctx *c)
                             "too many identifiers for this device class");
         goto out;
     }
+    if (gw_quota_check(c->srv, cls, &c->acct, c->now, 1, c->resp) != 0)
+        goto out;
     pids = calloc(n, sizeof(*pids));
     types = calloc(n, sizeof(*types));
     values = calloc(n, sizeof(*values));
@@ -960,6 +981,14 @@ static void handle_finalize(struct acme_ctx *c, const char *id)
         gw_b64url_decode(csr_b64, strlen(csr_b64), &csr, &csr_len) != 0 || csr_len == 0) {
         gw_response_problem(c->resp, AGW_ERR_BAD_CSR, "csr must be base64url DER");
         goto out;
+    }
+    {
+        struct pol_set *pol = gw_policy_get(c->srv);
+        const struct pol_class *cls = pol_class_find(pol, o.class_name);
+        err = cls != NULL ? gw_quota_check(c->srv, cls, &c->acct, c->now, 0, c->resp) : 0;
+        pol_set_unref(pol);
+        if (err != 0)
+            goto out;
     }
     detail[0] = '\0';
     err = gw_issue_finalize(c->srv, &o, &c->acct, c->key, csr, csr_len, c->now, detail,
@@ -1221,6 +1250,48 @@ out:
     st_cert_clear(&cert);
     X509_free(x);
     free(der);
+}
+
+/* ---------------------------------------------------------------- quotas */
+
+int gw_quota_check(struct gw_server *srv, const struct pol_class *cls,
+                   const struct st_account *acct, int64_t now, int new_order,
+                   struct gw_response *resp)
+{
+    const struct pol_quotas *q = pol_class_quotas(cls);
+    int64_t n = 0, m = 0;
+    char detail[160];
+    unsigned retry = 0;
+
+    detail[0] = '\0';
+    if (q->certs_per_account_per_day != 0 &&
+        st_cert_count_by_account(srv->store, acct->id, now - 86400, &n) == 0 &&
+        n >= (int64_t)q->certs_per_account_per_day) {
+        snprintf(detail, sizeof(detail), "quota: at most %u certificates per account per day",
+                 q->certs_per_account_per_day);
+        retry = 3600;
+    } else if (new_order && q->pending_orders_per_account != 0 &&
+               st_order_count(srv->store, acct->id, "pending", 0, &n) == 0 &&
+               st_order_count(srv->store, acct->id, "ready", 0, &m) == 0 &&
+               n + m >= (int64_t)q->pending_orders_per_account) {
+        snprintf(detail, sizeof(detail),
+                 "quota: at most %u orders per account waiting for finalization",
+                 q->pending_orders_per_account);
+        retry = 60;
+    } else if (new_order && q->orders_per_eab_key_per_hour != 0 && acct->eab_kid[0] != '\0' &&
+               st_order_count_by_eab(srv->store, acct->eab_kid, now - 3600, &n) == 0 &&
+               n >= (int64_t)q->orders_per_eab_key_per_hour) {
+        snprintf(detail, sizeof(detail), "quota: at most %u new orders per EAB key per hour",
+                 q->orders_per_eab_key_per_hour);
+        retry = 600;
+    }
+    if (detail[0] == '\0')
+        return 0;
+    LOG_INFO("acme.rate_limited", "account=%s class=%s reason=\"%s\"", acct->id,
+             acct->class_name, detail);
+    gw_response_problem(resp, AGW_ERR_RATE_LIMITED, detail);
+    resp->retry_after = retry;
+    return AGW_ERR_RATE_LIMITED;
 }
 
 /* ---------------------------------------------------------------- dispatch */

@@ -31,6 +31,9 @@ static void usage(void)
                     "       acmegw --version\n");
 }
 
+static int policy_issuers_check(const struct gw_server *srv, const struct pol_set *set, char *err,
+                                size_t err_size);
+
 static int open_policy(struct gw_server *srv, char *err, size_t err_size)
 {
     struct gw_config *cfg = srv->cfg;
@@ -39,11 +42,34 @@ static int open_policy(struct gw_server *srv, char *err, size_t err_size)
         char *dir = gw_config_path(cfg, cfg->policy_dir);
         int rc = dir != NULL ? pol_set_load_dir(dir, &srv->policy, err, err_size) : AGW_ERR_NOMEM;
         free(dir);
+        if (rc == 0)
+            rc = policy_issuers_check(srv, srv->policy, err, err_size);
         return rc;
     }
     snprintf(err, err_size, "default class");
     return pol_set_default(cfg->default_class->dns_suffix, cfg->default_class->validity_days,
                            cfg->issuers[0].name, &srv->policy);
+}
+
+/* Every class must name an issuer of the config: the gateway refuses to start, and a reload is
+ * refused, with the class named. */
+static int policy_issuers_check(const struct gw_server *srv, const struct pol_set *set, char *err,
+                                size_t err_size)
+{
+    for (size_t i = 0; i < pol_set_n_classes(set); i++) {
+        const struct pol_class *c = pol_set_class_at(set, i);
+        const char *want = pol_class_issuer(c);
+        int found = 0;
+        for (unsigned k = 0; k < srv->cfg->issuers_count; k++)
+            if (want != NULL && strcmp(srv->cfg->issuers[k].name, want) == 0)
+                found = 1;
+        if (!found) {
+            snprintf(err, err_size, "class '%s' names issuer '%s', which the config does not have",
+                     pol_class_name(c), want != NULL ? want : "");
+            return AGW_ERR_BAD_CONFIG;
+        }
+    }
+    return 0;
 }
 
 int gw_policy_reload(struct gw_server *srv)
@@ -60,8 +86,11 @@ int gw_policy_reload(struct gw_server *srv)
     dir = gw_config_path(srv->cfg, srv->cfg->policy_dir);
     rc = dir != NULL ? pol_set_load_dir(dir, &fresh, err, sizeof(err)) : AGW_ERR_NOMEM;
     free(dir);
+    if (rc == 0)
+        rc = policy_issuers_check(srv, fresh, err, sizeof(err));
     if (rc != 0) {
         LOG_ERROR("policy.reload_failed", "error=\"%s\" kept=running", err);
+        pol_set_unref(fresh);
         return AGW_ERR_BAD_CONFIG;
     }
     pthread_mutex_lock(&srv->policy_lock);

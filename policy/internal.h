@@ -147,12 +147,7 @@ struct pol_profile {
     size_t n_ca_issuer_urls;
 };
 
-/* Counts the gateway passes in; 0 means no limit. Checked by a later pol_check_quota(). */
-struct pol_quota {
-    unsigned max_orders_per_account_per_day;
-    unsigned max_certs_per_name_per_week;
-    unsigned max_pending_authorizations;
-};
+/* The quota limits are struct pol_quotas in policy.h (the gateway counts; 0 = no limit). */
 
 struct pol_class {
     char *name;
@@ -164,7 +159,8 @@ struct pol_class {
     struct pol_profile *profiles; /* >= 1 */
     size_t n_profiles;
     size_t default_profile; /* index into profiles */
-    struct pol_quota quota;
+    struct pol_quotas quota;
+    bool eab_multiple_accounts; /* false: one account per EAB key */
 };
 
 struct pol_set {

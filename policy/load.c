@@ -47,9 +47,11 @@
  *       ca_issuers_urls: [http://pki.test/ca.crt]  # optional
  *   default_profile: default            # optional, default the first profile
  *   quotas:                             # optional, 0 = no limit
- *     orders_per_account_per_day: 100
- *     certs_per_name_per_week: 50
- *     pending_authorizations: 300
+ *     certs_per_account_per_day: 100    # certificates issued to one account in 24 h
+ *     pending_orders_per_account: 20    # orders not yet finalized (pending or ready)
+ *     orders_per_eab_key_per_hour: 500  # new orders by all accounts bound to one EAB key
+ *   eab:                                # optional
+ *     multiple_accounts: true           # false: an EAB key binds one account only
  */
 #include "policy/policy.h"
 
@@ -127,9 +129,14 @@ struct y_profile {
 };
 
 struct y_quotas {
-    unsigned orders_per_account_per_day;
-    unsigned certs_per_name_per_week;
-    unsigned pending_authorizations;
+    unsigned certs_per_account_per_day;
+    unsigned pending_orders_per_account;
+    unsigned orders_per_eab_key_per_hour;
+};
+
+struct y_eab {
+    bool multiple_accounts;
+    bool multiple_accounts_set; /* not in YAML: set when the key was given */
 };
 
 struct y_class {
@@ -142,6 +149,7 @@ struct y_class {
     unsigned profiles_count;
     char *default_profile;
     struct y_quotas *quotas;
+    struct y_eab *eab;
 };
 
 #define STR(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER, st, m, 1, MAX_STR)
@@ -205,9 +213,14 @@ static const cyaml_schema_value_t profile_entry = {
 };
 
 static const cyaml_schema_field_t quotas_fields[] = {
-    OUINT("orders_per_account_per_day", struct y_quotas, orders_per_account_per_day),
-    OUINT("certs_per_name_per_week", struct y_quotas, certs_per_name_per_week),
-    OUINT("pending_authorizations", struct y_quotas, pending_authorizations),
+    OUINT("certs_per_account_per_day", struct y_quotas, certs_per_account_per_day),
+    OUINT("pending_orders_per_account", struct y_quotas, pending_orders_per_account),
+    OUINT("orders_per_eab_key_per_hour", struct y_quotas, orders_per_eab_key_per_hour),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t eab_fields[] = {
+    CYAML_FIELD_BOOL("multiple_accounts", CYAML_FLAG_DEFAULT, struct y_eab, multiple_accounts),
     CYAML_FIELD_END,
 };
 
@@ -221,6 +234,7 @@ static const cyaml_schema_field_t class_fields[] = {
                          1, MAX_PROFILES),
     OSTR("default_profile", struct y_class, default_profile),
     MAP("quotas", CYAML_FLAG_OPTIONAL, struct y_class, quotas, quotas_fields),
+    MAP("eab", CYAML_FLAG_OPTIONAL, struct y_class, eab, eab_fields),
     CYAML_FIELD_END,
 };
 
@@ -829,10 +843,11 @@ static int convert(struct diag *d, const struct y_class *y, const char *name, st
             c->default_profile = i;
     }
     if (y->quotas != NULL) {
-        c->quota.max_orders_per_account_per_day = y->quotas->orders_per_account_per_day;
-        c->quota.max_certs_per_name_per_week = y->quotas->certs_per_name_per_week;
-        c->quota.max_pending_authorizations = y->quotas->pending_authorizations;
+        c->quota.certs_per_account_per_day = y->quotas->certs_per_account_per_day;
+        c->quota.pending_orders_per_account = y->quotas->pending_orders_per_account;
+        c->quota.orders_per_eab_key_per_hour = y->quotas->orders_per_eab_key_per_hour;
     }
+    c->eab_multiple_accounts = y->eab == NULL || y->eab->multiple_accounts;
     return err;
 }
 

@@ -55,6 +55,20 @@ const char *pol_class_issuer(const struct pol_class *c);
 enum pol_validation pol_class_validation(const struct pol_class *c);
 unsigned pol_class_max_identifiers(const struct pol_class *c);
 
+/* Quotas of a class (0 = no limit). The gateway counts from the store and compares; policy/
+ * stays free of I/O. */
+struct pol_quotas {
+    unsigned certs_per_account_per_day;   /* certificates issued to one account in 24 h */
+    unsigned pending_orders_per_account;  /* orders not yet finalized: pending or ready */
+    unsigned orders_per_eab_key_per_hour; /* new orders of all accounts bound to one EAB key */
+};
+const struct pol_quotas *pol_class_quotas(const struct pol_class *c);
+/* false when one EAB key of this class may bind only one ACME account (default true). */
+bool pol_class_eab_multiple_accounts(const struct pol_class *c);
+/* Classes of the set, for start-up checks (issuers exist) and listings. */
+size_t pol_set_n_classes(const struct pol_set *p);
+const struct pol_class *pol_set_class_at(const struct pol_set *p, size_t i);
+
 struct pol_identifier {
     const char *type;  /* "dns" | "ip" */
     const char *value; /* NUL-terminated, already length-checked by the gateway; dns values

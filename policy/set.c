@@ -116,6 +116,7 @@ static int default_class_init(struct pol_class *c, const char *suffix, unsigned 
     c->ids.dns[1].subtree = true;
     c->ids.allow_dns = true;
     c->ids.max_identifiers = 100;
+    c->eab_multiple_accounts = true;
 
     c->validation.method = POL_VALIDATE_PRE_AUTHORIZED; /* from any source: no sources listed */
 
@@ -239,4 +240,25 @@ enum pol_validation pol_class_validation(const struct pol_class *c)
 unsigned pol_class_max_identifiers(const struct pol_class *c)
 {
     return c != NULL ? c->ids.max_identifiers : 0;
+}
+
+const struct pol_quotas *pol_class_quotas(const struct pol_class *c)
+{
+    static const struct pol_quotas none;
+    return c != NULL ? &c->quota : &none;
+}
+
+bool pol_class_eab_multiple_accounts(const struct pol_class *c)
+{
+    return c == NULL || c->eab_multiple_accounts;
+}
+
+size_t pol_set_n_classes(const struct pol_set *p)
+{
+    return p != NULL ? p->n_classes : 0;
+}
+
+const struct pol_class *pol_set_class_at(const struct pol_set *p, size_t i)
+{
+    return p != NULL && i < p->n_classes ? &p->classes[i] : NULL;
 }

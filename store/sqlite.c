@@ -151,6 +151,8 @@ static const char *const migrations[] = {
     "  number INTEGER NOT NULL);",
     /* 2: st_cert_list without a class filter lists newest first */
     "CREATE INDEX certificates_issued ON certificates(issued);",
+    /* 3: quotas count an account's certificates of the last day */
+    "CREATE INDEX certificates_account ON certificates(account_id, issued);",
 };
 #define ST_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1017,10 +1019,12 @@ int st_account_create(struct st_store *s, struct st_account *a, char existing_id
     if (a->eab_kid[0] != '\0') {
         err = prep(db,
                    "UPDATE eab_keys SET n_accounts = n_accounts + 1 "
-                   "WHERE kid = ? AND revoked = 0 RETURNING class_name",
+                   "WHERE kid = ? AND revoked = 0 AND (? = 0 OR n_accounts < ?) "
+                   "RETURNING class_name",
                    &st, "account_create");
         if (err == 0)
-            err = bindv(db, st, "account_create", "t", a->eab_kid);
+            err = bindv(db, st, "account_create", "tii", a->eab_kid, a->eab_max_accounts,
+                        a->eab_max_accounts);
         if (err == 0) {
             int rc = sqlite3_step(st);
 
@@ -1440,6 +1444,51 @@ int st_order_count(struct st_store *s, const char *account_id, const char *statu
     sqlite3_finalize(st);
     rd_put(s, slot);
     return err;
+}
+
+/* One "SELECT count(*) ... WHERE <key> = ? AND <time> >= ?" for the quota counters. */
+static int count_since(struct st_store *s, const char *sql, const char *what, const char *key,
+                       int64_t since, int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int rc, err;
+
+    *n = 0;
+    db = rd_get(s, &slot);
+    err = prep(db, sql, &st, what);
+    if (err == 0)
+        err = bindv(db, st, what, "ti", key, since);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *n = col_i64(st, 0);
+        else
+            err = sql_err(db, rc, what);
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
+int st_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n)
+{
+    if (s == NULL || n == NULL || !given(kid, ST_KID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    return count_since(s,
+                       "SELECT count(*) FROM orders o JOIN accounts a ON a.id = o.account_id "
+                       "WHERE a.eab_kid = ? AND o.created >= ?",
+                       "order_count_by_eab", kid, since, n);
+}
+
+int st_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since,
+                             int64_t *n)
+{
+    if (s == NULL || n == NULL || !given(account_id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    return count_since(s, "SELECT count(*) FROM certificates WHERE account_id = ? AND issued >= ?",
+                       "cert_count_by_account", account_id, since, n);
 }
 
 /* ---------------------------------------------------------------- authorizations */

@@ -85,11 +85,14 @@ struct st_account {
     int64_t created;
     char *jwk_json;     /* the account key, canonical JSON */
     char *contact_json; /* JSON array of strings, "[]" if none */
+    int64_t eab_max_accounts; /* input to st_account_create: 0 = unlimited, else the EAB key may
+                               * bind at most this many accounts (checked in the transaction) */
 };
 void st_account_clear(struct st_account *a);
 
 /* Inserts a (id is generated into a->id); if a->eab_kid is set, increments that key's n_accounts
- * in the same transaction. AGW_ERR_CONFLICT if the thumbprint is taken (then *existing_id, if
+ * in the same transaction (AGW_ERR_UNAUTHORIZED if the key is revoked or already bound
+ * a->eab_max_accounts accounts). AGW_ERR_CONFLICT if the thumbprint is taken (then *existing_id, if
  * not NULL, gets the account holding it). */
 int st_account_create(struct st_store *s, struct st_account *a, char existing_id[ST_ID_LEN]);
 int st_account_get(struct st_store *s, const char *id, struct st_account *out);
@@ -161,6 +164,11 @@ int st_order_transition(struct st_store *s, const char *id, const char *from, co
 /* Counts the account's orders in state status (for quotas). */
 int st_order_count(struct st_store *s, const char *account_id, const char *status, int64_t since,
                    int64_t *n);
+/* Orders created since `since` by all accounts bound to EAB key kid (quotas). */
+int st_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n);
+/* Certificates issued to the account since `since` (quotas). */
+int st_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since,
+                             int64_t *n);
 
 int st_authz_get(struct st_store *s, const char *id, struct st_authz *out);
 /* The order's authorizations in creation order. *out owned by caller: st_authz_clear each, free. */

@@ -202,9 +202,9 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
 
     CHECK_INT(fixture_open(&fx, "migrate"), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 2);
+    CHECK_INT(v, 3);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 2);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                "name IN ('eab_keys','accounts','orders','authorizations',"
                                "'challenges','certificates','crl_numbers')"),
@@ -217,18 +217,18 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     CHECK_INT(st_open(fx.db, fx.key, &fx.s), 0);
     v = -1;
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 2);
+    CHECK_INT(v, 3);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 2);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
     CHECK_INT(query_int(fx.db, "PRAGMA journal_mode"), 0); /* text "wal" reads as 0 */
 
-    /* a database from only migration 1 gets migration 2 */
-    CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; "
-                              "DELETE FROM schema_migrations WHERE version = 2"),
+    /* a database from only migration 1 gets migrations 2 and 3 */
+    CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
+                              "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(st_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 2);
+    CHECK_INT(v, 3);
     st_close(fx.s);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
@@ -751,6 +751,55 @@ static void certificates_issue_revoke_list(void)
     st_close(fx.s);
 }
 
+static void quota_counts_and_single_use_eab(void)
+{
+    static const unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x01};
+    struct fixture fx;
+    struct st_eab e;
+    unsigned char hmac[32];
+    struct st_account a, b;
+    struct st_order o;
+    struct st_authz az[2];
+    struct st_new_challenge ch[2];
+    struct st_cert c;
+    int64_t n = -1;
+
+    CHECK_INT(fixture_open(&fx, "quota"), 0);
+    CHECK_INT(st_eab_create(fx.s, "sensor", NOW, &e, hmac), 0);
+    make_account(&a, "thumb-Q1", e.kid);
+    a.eab_max_accounts = 1;
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    /* single use: a second binding is refused and writes nothing */
+    make_account(&b, "thumb-Q2", e.kid);
+    b.eab_max_accounts = 1;
+    CHECK_INT(st_account_create(fx.s, &b, NULL), AGW_ERR_UNAUTHORIZED);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM accounts"), 1);
+    CHECK_INT(query_int(fx.db, "SELECT n_accounts FROM eab_keys"), 1);
+    /* without the cap the same key binds more */
+    b.eab_max_accounts = 0;
+    CHECK_INT(st_account_create(fx.s, &b, NULL), 0);
+
+    CHECK_INT(st_order_count_by_eab(fx.s, e.kid, NOW - 10, &n), 0);
+    CHECK_INT(n, 0);
+    CHECK_INT(make_order(fx.s, a.id, &o, az, ch), 0);
+    CHECK_INT(make_order(fx.s, b.id, &o, az, ch), 0);
+    CHECK_INT(st_order_count_by_eab(fx.s, e.kid, NOW - 10, &n), 0);
+    CHECK_INT(n, 2);
+    CHECK_INT(st_order_count_by_eab(fx.s, e.kid, NOW + 10, &n), 0); /* created before "since" */
+    CHECK_INT(n, 0);
+
+    CHECK_INT(st_cert_count_by_account(fx.s, b.id, NOW - 10, &n), 0);
+    CHECK_INT(n, 0);
+    CHECK_INT(st_order_transition(fx.s, o.id, "pending", "processing", NULL), 0);
+    make_cert(&c, "0b01", o.id, b.id, "sensor", "a.example", NOW + 86400, der, sizeof(der));
+    CHECK_INT(st_cert_issue(fx.s, &c), 0);
+    CHECK_INT(st_cert_count_by_account(fx.s, b.id, NOW - 10, &n), 0);
+    CHECK_INT(n, 1);
+    CHECK_INT(st_cert_count_by_account(fx.s, a.id, NOW - 10, &n), 0);
+    CHECK_INT(n, 0);
+    st_close(fx.s);
+}
+
 static void overlong_inputs_are_refused_and_write_nothing(void)
 {
     static const unsigned char der[] = {0x30, 0x00};
@@ -1047,6 +1096,7 @@ int main(void)
     RUN(accounts_lifecycle);
     RUN(orders_authz_challenges);
     RUN(certificates_issue_revoke_list);
+    RUN(quota_counts_and_single_use_eab);
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(kill9_loses_no_acknowledged_certificate);
