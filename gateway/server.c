@@ -60,6 +60,8 @@ struct loop_thread {
     h2o_accept_ctx_t accept_plain, accept_tls;
     h2o_multithread_receiver_t receiver;
     h2o_multithread_receiver_t waker;
+    int fds[16];
+    int plain[16];
     h2o_socket_t *listeners[16];
     int n_listeners;
     size_t n_in_flight; /* loop thread only: jobs queued by this loop and not yet answered */
@@ -395,9 +397,40 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     h2o_accept(actx, sock);
 }
 
+/* Loops become ready here; the main thread waits for all of them before it says "listening". */
+static pthread_mutex_t ready_lock = PTHREAD_MUTEX_INITIALIZER; /* guards n_ready */
+static pthread_cond_t ready_cond = PTHREAD_COND_INITIALIZER;
+static unsigned n_ready;
+
+/*
+ * Everything h2o of one loop is created on that loop's own thread: the evloop, the context (and
+ * with it the multithread queue's pipe socket) and the listener sockets. h2o's socket buffers come
+ * from the *creating* thread's thread-local recycle allocator; created on the main thread they
+ * would share main's allocator between loop threads, unlocked, and corrupt the heap under load
+ * (found with ThreadSanitizer: two loops read()ing into one recycled buffer).
+ */
 static void *loop_main(void *arg)
 {
     struct loop_thread *lt = arg;
+
+    h2o_context_init(&lt->ctx, h2o_evloop_create(), &h2o_config);
+    lt->accept_plain.ctx = &lt->ctx;
+    lt->accept_plain.hosts = h2o_config.hosts;
+    lt->accept_tls = lt->accept_plain;
+    lt->accept_tls.ssl_ctx = ssl_ctx;
+    h2o_multithread_register_receiver(lt->ctx.queue, &lt->receiver, on_job_done);
+    h2o_multithread_register_receiver(lt->ctx.queue, &lt->waker, on_wake);
+    for (int i = 0; i < lt->n_listeners; i++) {
+        h2o_socket_t *sock = h2o_evloop_socket_create(lt->ctx.loop, lt->fds[i],
+                                                      H2O_SOCKET_FLAG_DONT_READ);
+        sock->data = lt->plain[i] ? &lt->accept_plain : &lt->accept_tls;
+        h2o_socket_read_start(sock, on_accept);
+        lt->listeners[i] = sock;
+    }
+    pthread_mutex_lock(&ready_lock);
+    n_ready++;
+    pthread_cond_broadcast(&ready_cond);
+    pthread_mutex_unlock(&ready_lock);
 
     while (!stop_requested)
         h2o_evloop_run(lt->ctx.loop, 1000);
@@ -492,36 +525,28 @@ int gw_server_run(struct gw_server *srv)
     for (unsigned i = 0; i < pool.n_threads; i++)
         pthread_create(&pool.tids[i], NULL, worker_main, srv);
 
-    /* all loops share one handler; on_req finds its loop through req->conn->ctx */
-    for (unsigned i = 0; i < n_loops; i++) {
+    /* all loops share one handler; on_req finds its loop through req->conn->ctx. Each loop gets
+     * its own SO_REUSEPORT socket per listener, opened here so a bind error stops start-up. */
+    for (unsigned i = 0; i < n_loops && rc == 0; i++) {
         struct loop_thread *lt = &loops[i];
         lt->srv = srv;
-        h2o_context_init(&lt->ctx, h2o_evloop_create(), &h2o_config);
-        lt->accept_plain.ctx = &lt->ctx;
-        lt->accept_plain.hosts = h2o_config.hosts;
-        lt->accept_tls = lt->accept_plain;
-        lt->accept_tls.ssl_ctx = ssl_ctx;
-        h2o_multithread_register_receiver(lt->ctx.queue, &lt->receiver, on_job_done);
-        h2o_multithread_register_receiver(lt->ctx.queue, &lt->waker, on_wake);
         for (unsigned j = 0; j < cfg->listen_count && j < 16; j++) {
             int fd = listen_socket(&cfg->listen[j]);
-            h2o_socket_t *sock;
             if (fd < 0) {
                 rc = AGW_ERR_IO;
-                stop_requested = 1;
                 break;
             }
-            sock = h2o_evloop_socket_create(lt->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-            sock->data = cfg->listen[j].plain_http ? &lt->accept_plain : &lt->accept_tls;
-            h2o_socket_read_start(sock, on_accept);
-            lt->listeners[lt->n_listeners++] = sock;
+            lt->fds[lt->n_listeners] = fd;
+            lt->plain[lt->n_listeners++] = cfg->listen[j].plain_http;
         }
-        if (rc != 0)
-            break;
     }
     if (rc == 0) {
         for (unsigned i = 0; i < n_loops; i++)
             pthread_create(&loops[i].tid, NULL, loop_main, &loops[i]);
+        pthread_mutex_lock(&ready_lock);
+        while (n_ready < n_loops)
+            pthread_cond_wait(&ready_cond, &ready_lock);
+        pthread_mutex_unlock(&ready_lock);
         for (unsigned i = 0; i < cfg->listen_count; i++)
             LOG_INFO("http.listening", "address=%s port=%u tls=%s threads=%u workers=%u",
                      cfg->listen[i].address, cfg->listen[i].port,
