@@ -80,8 +80,11 @@ static const cyaml_schema_field_t config_fields[] = {
     OUINT("order_lifetime_s", struct gw_config, order_lifetime_s),
     OUINT("http01_port", struct gw_config, http01_port),
     OUINT("http01_timeout_ms", struct gw_config, http01_timeout_ms),
+    OSTR("http01_address", struct gw_config, http01_address),
     OSTR("log_level", struct gw_config, log_level),
     OSTR("pid_file", struct gw_config, pid_file),
+    OUINT("crl_next_update_s", struct gw_config, crl_next_update_s),
+    OSTR("crl_url_base", struct gw_config, crl_url_base),
     CYAML_FIELD_END,
 };
 static const cyaml_schema_value_t config_schema = {
@@ -237,6 +240,20 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
     }
     if (c->http01_timeout_ms == 0)
         c->http01_timeout_ms = 5000;
+    if (c->crl_next_update_s == 0)
+        c->crl_next_update_s = 24 * 3600;
+    if (c->crl_next_update_s < 60 || c->crl_next_update_s > 90 * 24 * 3600) {
+        set_err(err, size, path, "crl_next_update_s must be 60..7776000");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->crl_url_base != NULL &&
+        ((strncmp(c->crl_url_base, "http://", 7) != 0 &&
+          strncmp(c->crl_url_base, "https://", 8) != 0) ||
+         c->crl_url_base[strlen(c->crl_url_base) - 1] == '/' ||
+         strpbrk(c->crl_url_base, " \t\r\n\"<>") != NULL)) {
+        set_err(err, size, path, "crl_url_base must be an http(s) URL without trailing slash");
+        return AGW_ERR_BAD_CONFIG;
+    }
     return 0;
 }
 
@@ -244,7 +261,7 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
  * any numeric field whose scalar is not all digits, with its line, before libcyaml runs. */
 static const char *const numeric_keys[] = {
     "port", "threads", "workers", "timeout_ms", "validity_days", "max_body", "max_identifiers",
-    "order_lifetime_s", "http01_port", "http01_timeout_ms",
+    "order_lifetime_s", "http01_port", "http01_timeout_ms", "crl_next_update_s",
 };
 
 static int numbers_strict(const char *path, char *err, size_t err_size)

@@ -57,8 +57,12 @@ struct gw_config {
     unsigned order_lifetime_s; /* 0 = 7 days */
     unsigned http01_port;     /* 0 = 80 */
     unsigned http01_timeout_ms; /* 0 = 5000 */
+    char *http01_address;       /* tests only: connect here instead of resolving the name */
     char *log_level;
     char *pid_file;
+    unsigned crl_next_update_s; /* CRL nextUpdate - thisUpdate; 0 = 86400 (24 h) */
+    char *crl_url_base; /* optional, e.g. http://127.0.0.1:8444: classes without crl_urls get
+                         * <base>/crl/<issuer>.crl as their CRL distribution point */
     char *dir; /* directory of the config file (derived, not in YAML) */
 };
 

@@ -329,8 +329,9 @@ static int connect_timeout(const char *host, unsigned port, unsigned timeout_ms)
 }
 
 /* One GET; fills body (NUL-terminated, capped) and, for redirects, location. Returns status. */
-static int http_get(const char *host, unsigned port, const char *path, unsigned timeout_ms,
-                    char *body, size_t body_size, char *location, size_t loc_size)
+static int http_get(const char *addr, const char *host, unsigned port, const char *path,
+                    unsigned timeout_ms, char *body, size_t body_size, char *location,
+                    size_t loc_size)
 {
     char reqbuf[1024], buf[HTTP01_MAX_RESPONSE + 1];
     size_t len = 0;
@@ -338,7 +339,7 @@ static int http_get(const char *host, unsigned port, const char *path, unsigned 
     struct timespec start, t;
     char *hdr_end, *p;
 
-    fd = connect_timeout(host, port, timeout_ms);
+    fd = connect_timeout(addr, port, timeout_ms);
     if (fd < 0)
         return -1;
     n = snprintf(reqbuf, sizeof(reqbuf),
@@ -392,14 +393,17 @@ static int http01_fetch(struct gw_server *srv, const struct st_authz *a, const c
                         char *body, size_t body_size, char *why, size_t why_size)
 {
     char host[300], path[600], location[600];
+    const char *connect_to;
     unsigned port = srv->cfg->http01_port;
     int status = -1;
 
     snprintf(host, sizeof(host), "%s", a->id_value); /* getaddrinfo takes bare IPv6 too */
+    connect_to = srv->cfg->http01_address != NULL ? srv->cfg->http01_address : NULL;
     snprintf(path, sizeof(path), "/.well-known/acme-challenge/%s", token);
     for (int hop = 0; hop <= HTTP01_MAX_REDIRECTS; hop++) {
-        status = http_get(host, port, path, srv->cfg->http01_timeout_ms, body, body_size,
-                          location, sizeof(location));
+        status = http_get(connect_to != NULL && hop == 0 ? connect_to : host, host, port, path,
+                          srv->cfg->http01_timeout_ms, body, body_size, location,
+                          sizeof(location));
         if (status < 0) {
             snprintf(why, why_size, "could not connect to %.200s port %u or read a response",
                      host, port);

@@ -31,6 +31,7 @@ STATE=${ACMEGW_STATE:-./state}
 mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd)
 PORT=${ACMEGW_PORT:-8443}
+CRL_PORT=${ACMEGW_CRL_PORT:-$((PORT + 1))}
 BUILD=${ACMEGW_BUILD_DIR:-$ROOT/build}
 MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 TOKEN_LABEL=acmegw-ca
@@ -68,6 +69,8 @@ export SOFTHSM2_CONF='$STATE/softhsm2.conf'
 export ACMEGW_TOKEN_LABEL='$TOKEN_LABEL'
 export ACMEGW_PIN_FILE='$STATE/secrets/pin'
 export ACMEGW_TEST_SUFFIX='$SUFFIX'
+export ACMEGW_POLICY_DIR='$STATE/policy.d'
+export ACMEGW_CRL_URL_BASE='http://127.0.0.1:$CRL_PORT'
 ENV
 }
 
@@ -171,6 +174,35 @@ issuer:
   cert: $STATE/ca/root.pem
 cert_out: $STATE/ca/intermediate.pem
 transcript: $STATE/ca/ceremony.transcript.jsonl"
+cer 21-intermediate-lab.yaml "step: intermediate
+$TOKEN_BLOCK
+key:
+  algorithm: ec-p256
+  label: acmegw-lab
+  id: \"03\"
+certificate:
+  subject:
+    - O: acmegw quickstart
+    - CN: acmegw quickstart lab CA
+  validity_days: 1825
+  path_length: 0
+  key_usage: [keyCertSign, cRLSign, digitalSignature]
+issuer:
+  token:
+    module: $MODULE
+    label: $TOKEN_LABEL
+    pin_file: $STATE/secrets/pin
+  key:
+    label: acmegw-root
+  cert: $STATE/ca/root.pem
+cert_out: $STATE/ca/lab.pem
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+cer 42-verify-lab.yaml "step: verify
+$TOKEN_BLOCK
+key:
+  label: acmegw-lab
+cert: $STATE/ca/lab.pem
+transcript: $STATE/ca/ceremony.transcript.jsonl"
 cer 30-root-crl.yaml "step: crl
 $TOKEN_BLOCK
 key:
@@ -202,10 +234,43 @@ step() { # marker file, ceremony file
 step "$STATE/ca/.token-initialized" 00-init-token.yaml
 step "$STATE/ca/root.pem" 10-root.yaml
 step "$STATE/ca/intermediate.pem" 20-intermediate.yaml
+step "$STATE/ca/lab.pem" 21-intermediate-lab.yaml
 step "$STATE/ca/root.crl" 30-root-crl.yaml
 step "$STATE/ca/.verified-root" 40-verify-root.yaml
 step "$STATE/ca/.verified-intermediate" 41-verify-intermediate.yaml
+step "$STATE/ca/.verified-lab" 42-verify-lab.yaml
 cat "$STATE/ca/intermediate.pem" "$STATE/ca/root.pem" >"$STATE/ca/chain.pem"
+cat "$STATE/ca/lab.pem" "$STATE/ca/root.pem" >"$STATE/ca/lab-chain.pem"
+
+# ------------------------------------------------------------------ policy: one file per class
+# The live policy directory: edit a file, `acmegw-admin policy lint`, then `policy reload`.
+mkdir -p "$STATE/policy.d"
+if [ ! -f "$STATE/policy.d/default.yaml" ]; then
+    cat >"$STATE/policy.d/default.yaml" <<POL
+# default: the quickstart's class. Names under $SUFFIX are pre-authorized (no challenge) for
+# clients on loopback; any common key type; server and client TLS; 90 days.
+issuer: issuing-ca-1
+identifiers:
+  types: [dns]
+  dns: [$SUFFIX, "*.$SUFFIX"]
+  max: 20
+validation:
+  method: pre-authorized
+  sources: [127.0.0.0/8, "::1/128"]
+csr:
+  keys: [ec-p256, ec-p384, "rsa>=2048"]
+profiles:
+  - name: default
+    validity_days: 90
+    key_usage: [digitalSignature]
+    key_usage_rsa: [keyEncipherment]
+    extended_key_usage: [serverAuth, clientAuth]
+    crl_urls: [http://127.0.0.1:$CRL_PORT/crl/issuing-ca-1.crl]
+POL
+    for f in devices web-servers lab; do
+        cp "$ROOT/examples/policy.d/$f.yaml" "$STATE/policy.d/$f.yaml"
+    done
+fi
 
 # ------------------------------------------------------------------ HTTPS certificate
 if [ ! -f "$STATE/tls/server.pem" ]; then
@@ -229,12 +294,16 @@ cat >"$STATE/acmegw.yaml" <<CFG
 listen:
   - address: 127.0.0.1
     port: $PORT
+  - address: 127.0.0.1
+    port: $CRL_PORT
+    plain_http: true
 tls_certificate: tls/server.pem
 tls_key: tls/server.key
 base_url: https://127.0.0.1:$PORT
 store_path: acmegw.db
 seal_key_file: secrets/seal.key
 pid_file: acmegw.pid
+crl_url_base: http://127.0.0.1:$CRL_PORT
 issuers:
   - name: issuing-ca-1
     module: $MODULE
@@ -242,16 +311,29 @@ issuers:
     key_label: acmegw-issuing
     pin_file: secrets/pin
     ca_chain: ca/chain.pem
-default_class:
-  dns_suffix: $SUFFIX
-  validity_days: 90
+  - name: lab-ca
+    module: $MODULE
+    token: $TOKEN_LABEL
+    key_label: acmegw-lab
+    pin_file: secrets/pin
+    ca_chain: ca/lab-chain.pem
+policy_dir: policy.d
 CFG
+# tests: where http-01 validation connects (the names of test classes do not resolve)
+[ -n "${ACMEGW_HTTP01_PORT:-}" ] && echo "http01_port: $ACMEGW_HTTP01_PORT" >>"$STATE/acmegw.yaml"
+[ -n "${ACMEGW_HTTP01_ADDRESS:-}" ] && echo "http01_address: $ACMEGW_HTTP01_ADDRESS" >>"$STATE/acmegw.yaml"
 "$GATEWAY" --check-config "$STATE/acmegw.yaml" >/dev/null
 
 if [ ! -s "$STATE/eab.json" ]; then
     log "creating an EAB key for class 'default'"
     "$ADMIN" --config "$STATE/acmegw.yaml" eab create --class default --json >"$STATE/eab.json"
 fi
+for cls in devices web-servers lab; do
+    if [ ! -s "$STATE/eab-$cls.json" ] && [ -f "$STATE/policy.d/$cls.yaml" ]; then
+        "$ADMIN" --config "$STATE/acmegw.yaml" eab create --class "$cls" --json \
+            >"$STATE/eab-$cls.json"
+    fi
+done
 
 # ------------------------------------------------------------------ start
 pid=$(running_pid || true)
@@ -294,6 +376,15 @@ acmegw is running.
   HTTPS CA:   $ACMEGW_TLS_CA          (trust it in your ACME client)
   issuing root: $ACMEGW_ROOTS
   environment: . $STATE/env.sh
+  policy:     $STATE/policy.d (one file per device class)
+INFO
+for f in "$STATE"/eab-*.json; do
+    [ -f "$f" ] || continue
+    cls=$(sed -n 's/.*"class":"\([^"]*\)".*/\1/p' "$f")
+    printf '  EAB key for class %-12s kid %s  hmac %s\n' "$cls:" \
+        "$(sed -n 's/.*"kid":"\([^"]*\)".*/\1/p' "$f")" "$(sed -n 's/.*"hmac":"\([^"]*\)".*/\1/p' "$f")"
+done
+cat <<INFO
 
 Get a certificate with certbot:
 
