@@ -12,9 +12,12 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "gateway/ari.h"
+#include "gateway/crl.h"
 #include "gateway/issue.h"
 #include "gateway/jws.h"
 #include "gateway/problem.h"
+#include "gateway/profiles.h"
 #include "hsm/hsm.h"
 #include "policy/policy.h"
 #include "store/store.h"
@@ -126,8 +129,9 @@ int gw_acme_directory_build(struct gw_server *srv)
 {
     const char *b = srv->cfg->base_url;
     json_t *meta = json_object(), *d;
-    char u[5][600];
+    char u[6][600];
 
+    snprintf(u[5], sizeof(u[5]), "%s%s", b, GW_ARI_PATH); /* RFC 9773 §3 */
     snprintf(u[0], sizeof(u[0]), "%s/new-nonce", b);
     snprintf(u[1], sizeof(u[1]), "%s/new-account", b);
     snprintf(u[2], sizeof(u[2]), "%s/new-order", b);
@@ -138,8 +142,14 @@ int gw_acme_directory_build(struct gw_server *srv)
         json_object_set_new(meta, "termsOfService", json_string(srv->cfg->terms_of_service));
     if (srv->cfg->website != NULL)
         json_object_set_new(meta, "website", json_string(srv->cfg->website));
-    d = json_pack("{s:s, s:s, s:s, s:s, s:s, s:o}", "newNonce", u[0], "newAccount", u[1],
-                  "newOrder", u[2], "revokeCert", u[3], "keyChange", u[4], "meta", meta);
+    {
+        json_t *profiles = gw_profiles_meta(srv->policy); /* draft-aaron-acme-profiles */
+        if (profiles != NULL)
+            json_object_set_new(meta, "profiles", profiles);
+    }
+    d = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "newNonce", u[0], "newAccount", u[1],
+                  "newOrder", u[2], "revokeCert", u[3], "keyChange", u[4], "renewalInfo", u[5],
+                  "meta", meta);
     if (d == NULL)
         return AGW_ERR_NOMEM;
     srv->directory_json = json_dumps(d, JSON_INDENT(2));
@@ -677,6 +687,10 @@ static json_t *order_json(struct acme_ctx *c, const struct st_order *o)
         json_object_set_new(obj, "certificate", json_string(u != NULL ? u : ""));
         free(u);
     }
+    if (o->profile[0] != '\0')
+        json_object_set_new(obj, "profile", json_string(o->profile));
+    if (o->replaces[0] != '\0')
+        json_object_set_new(obj, "replaces", json_string(o->replaces));
     if (o->error_json != NULL)
         json_object_set_new(obj, "error", json_loads(o->error_json, 0, NULL));
     return obj;
@@ -808,6 +822,24 @@ static void handle_new_order(struct acme_ctx *c)
         gw_response_problem(c->resp, AGW_ERR_REJECTED_IDENTIFIER,
                             "too many identifiers for this device class");
         goto out;
+    }
+    {
+        /* draft-aaron-acme-profiles and RFC 9773 §5: checked before anything is counted or
+         * stored */
+        json_t *pv = json_object_get(p, "profile"), *rv = json_object_get(p, "replaces");
+        const char *detail = NULL;
+        if (pv != NULL && gw_profile_check(cls, pv, o.profile, sizeof(o.profile), &detail) != 0) {
+            gw_response_problem(c->resp, AGW_ERR_INVALID_PROFILE, detail);
+            goto out;
+        }
+        if (rv != NULL) {
+            err = gw_ari_check_replaces(srv, c->acct.id, rv, c->now, o.replaces, &problem);
+            if (err != 0) {
+                set_problem_json(c->resp, err, problem);
+                problem = NULL;
+                goto out;
+            }
+        }
     }
     if (gw_quota_check(c->srv, cls, &c->acct, c->now, 1, c->resp) != 0)
         goto out;
@@ -1245,6 +1277,7 @@ static void handle_revoke(struct acme_ctx *c)
     }
     LOG_INFO("acme.revoked", "serial=%s reason=%d by=%s", serial, (int)reason,
              c->have_acct ? c->acct.id : "certificate-key");
+    gw_crl_kick(cert.issuer); /* the CRL thread regenerates within about a second */
     c->resp->status = 200;
 out:
     st_cert_clear(&cert);
@@ -1327,6 +1360,10 @@ void gw_acme_handle(struct gw_server *srv, const struct gw_request *req, struct 
     enum key_mode mode = KEY_KID;
     int known = 1;
 
+    if (gw_ari_is_path(req->path)) { /* RFC 9773: the one unauthenticated GET on a worker */
+        gw_ari_handle(srv, req, resp);
+        return;
+    }
     memset(&c, 0, sizeof(c));
     c.srv = srv;
     c.req = req;

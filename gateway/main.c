@@ -88,6 +88,10 @@ int gw_policy_reload(struct gw_server *srv)
     free(dir);
     if (rc == 0)
         rc = policy_issuers_check(srv, fresh, err, sizeof(err));
+    if (rc == 0 && pol_set_default_crl_urls(fresh, srv->cfg->crl_url_base) != 0) {
+        snprintf(err, sizeof(err), "cannot add crl_url_base to the profiles");
+        rc = AGW_ERR_BAD_CONFIG;
+    }
     if (rc != 0) {
         LOG_ERROR("policy.reload_failed", "error=\"%s\" kept=running", err);
         pol_set_unref(fresh);
@@ -196,6 +200,10 @@ int main(int argc, char **argv)
             agw_log_set_level(l);
     }
     err = open_policy(&srv, err_text, sizeof(err_text));
+    if (err == 0 && pol_set_default_crl_urls(srv.policy, srv.cfg->crl_url_base) != 0) {
+        snprintf(err_text, sizeof(err_text), "cannot add crl_url_base to the profiles");
+        err = AGW_ERR_BAD_CONFIG;
+    }
     if (err != 0) {
         fprintf(stderr, "acmegw: policy: %s\n", err_text);
         server_free(&srv);

@@ -15,6 +15,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "gateway/crl.h"
 #include "gateway/problem.h"
 #include "hsm/hsm.h"
 
@@ -60,8 +61,8 @@ struct loop_thread {
     h2o_accept_ctx_t accept_plain, accept_tls;
     h2o_multithread_receiver_t receiver;
     h2o_multithread_receiver_t waker;
-    int fds[16];
-    int plain[16];
+    int fds[16];   /* listening sockets, opened by the main thread (bind errors are synchronous) */
+    int plain[16]; /* fds[i] serves plain HTTP */
     h2o_socket_t *listeners[16];
     int n_listeners;
     size_t n_in_flight; /* loop thread only: jobs queued by this loop and not yet answered */
@@ -123,6 +124,49 @@ static void send_response(h2o_req_t *req, struct gw_response *r)
         req->http1_is_persistent = 0;
     req->res.content_length = r->body_len;
     h2o_send_inline(req, r->body, r->body_len);
+}
+
+/* GET/HEAD /crl/<issuer>.crl on any listener (CDPs are fetched over plain http): a copy of the
+ * in-memory CRL, so the loop never blocks. If-None-Match with our ETag gives 304. */
+static void send_crl(h2o_req_t *req, h2o_iovec_t path)
+{
+    static const char prefix[] = "/crl/", suffix[] = ".crl";
+    size_t plen = sizeof(prefix) - 1, slen = sizeof(suffix) - 1;
+    struct gw_crl_view v;
+    struct gw_response r;
+    ssize_t inm;
+    int err;
+
+    memset(&r, 0, sizeof(r));
+    err = path.len > plen + slen && path.len - plen - slen < 64
+              ? gw_crl_copy(path.base + plen, path.len - plen - slen, &v)
+              : AGW_ERR_NOT_FOUND;
+    if (err != 0) {
+        gw_response_problem(&r, err, err == AGW_ERR_NOT_FOUND ? "no CRL for this issuer" : NULL);
+        send_response(req, &r);
+        gw_response_clear(&r);
+        return;
+    }
+    add_header(req, "etag", v.etag, strlen(v.etag));
+    add_header(req, "last-modified", v.last_modified, strlen(v.last_modified));
+    add_header(req, "cache-control", "public, max-age=60", 18);
+    inm = h2o_find_header(&req->headers, H2O_TOKEN_IF_NONE_MATCH, -1);
+    if (inm != -1 && h2o_memis(req->headers.entries[inm].value.base,
+                               req->headers.entries[inm].value.len, v.etag, strlen(v.etag))) {
+        req->res.status = 304;
+        req->res.reason = "Not Modified";
+        req->res.content_length = 0;
+        h2o_send_inline(req, "", 0);
+    } else {
+        r.status = 200;
+        r.content_type = "application/pkix-crl";
+        r.body = (char *)v.der; /* moved into r */
+        r.body_len = v.der_len;
+        v.der = NULL;
+        send_response(req, &r);
+        gw_response_clear(&r);
+    }
+    free(v.der);
 }
 
 static void on_job_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
@@ -290,6 +334,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         respond_inline(req, &r);
         return 0;
     }
+    if ((is_get || is_head) && path.len > 5 && memcmp(path.base, "/crl/", 5) == 0) {
+        send_crl(req, path);
+        return 0;
+    }
     if (path.len >= GW_MAX_PATH) {
         gw_response_problem(&r, AGW_ERR_NOT_FOUND, "no such resource");
         respond_inline(req, &r);
@@ -452,6 +500,7 @@ void gw_signals_block(void)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1); /* acmegw-admin crl generate */
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
@@ -517,6 +566,7 @@ int gw_server_run(struct gw_server *srv)
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
 
     loops = calloc(n_loops, sizeof(*loops));
     pool.tids = calloc(pool.n_threads, sizeof(pthread_t));
@@ -524,6 +574,8 @@ int gw_server_run(struct gw_server *srv)
         return AGW_ERR_NOMEM;
     for (unsigned i = 0; i < pool.n_threads; i++)
         pthread_create(&pool.tids[i], NULL, worker_main, srv);
+    if (gw_crl_start(srv) != 0)
+        rc = AGW_ERR_NOMEM;
 
     /* all loops share one handler; on_req finds its loop through req->conn->ctx. Each loop gets
      * its own SO_REUSEPORT socket per listener, opened here so a bind error stops start-up. */
@@ -558,6 +610,8 @@ int gw_server_run(struct gw_server *srv)
                 continue;
             if (sig == SIGHUP)
                 gw_policy_reload(srv);
+            else if (sig == SIGUSR1)
+                gw_crl_kick(NULL); /* every issuer: acmegw-admin crl generate */
             else
                 stop_requested = 1;
         }
@@ -573,5 +627,6 @@ int gw_server_run(struct gw_server *srv)
     pthread_mutex_unlock(&pool.lock);
     for (unsigned i = 0; i < pool.n_threads; i++)
         pthread_join(pool.tids[i], NULL);
+    gw_crl_stop();
     return rc;
 }

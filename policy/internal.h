@@ -132,6 +132,7 @@ struct pol_subject_rules {
 /* What a certificate of a profile looks like. Validity in seconds so a lab class may use hours. */
 struct pol_profile {
     char *name;
+    char *description;          /* for the ACME directory's meta.profiles; NULL if none */
     int64_t default_validity_s; /* > 0, <= max_validity_s */
     int64_t max_validity_s;     /* what pol_check_final() allows */
     unsigned ku;                /* enum pol_ku mask for every key type */

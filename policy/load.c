@@ -36,6 +36,7 @@
  *     empty: false                      # true: no CN in certificates, SAN critical
  *   profiles:                           # 1..16, the first is the default
  *     - name: default
+ *       description: TLS server, 90 days  # optional: shown in the ACME directory (meta.profiles)
  *       validity_days: 90
  *       max_validity_days: 90           # optional, default validity_days
  *       key_usage: [digitalSignature]
@@ -110,6 +111,7 @@ struct y_subject {
 
 struct y_profile {
     char *name;
+    char *description;
     unsigned validity_days;
     unsigned max_validity_days;
     char **key_usage;
@@ -196,6 +198,7 @@ static const cyaml_schema_field_t subject_fields[] = {
 
 static const cyaml_schema_field_t profile_fields[] = {
     STR("name", struct y_profile, name),
+    OSTR("description", struct y_profile, description),
     CYAML_FIELD_UINT("validity_days", CYAML_FLAG_DEFAULT, struct y_profile, validity_days),
     OUINT("max_validity_days", struct y_profile, max_validity_days),
     LIST("key_usage", struct y_profile, key_usage, 1),
@@ -765,6 +768,8 @@ static void convert_profile(struct diag *d, const struct y_profile *y, unsigned 
     unsigned max_days = y->max_validity_days != 0 ? y->max_validity_days : y->validity_days;
 
     p->name = dup_str(y->name, err);
+    if (y->description != NULL)
+        p->description = dup_str(y->description, err);
     snprintf(path, sizeof(path), "profiles.%u.validity_days", idx);
     if (y->validity_days == 0 || y->validity_days > POL_MAX_VALIDITY_DAYS)
         diag_path(d, path, "validity_days must be 1..%d", POL_MAX_VALIDITY_DAYS);

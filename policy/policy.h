@@ -47,6 +47,17 @@ int pol_set_load_dir(const char *dir, struct pol_set **out, char *err, size_t er
 int pol_lint_file(const char *path, FILE *out);
 struct pol_set *pol_set_ref(struct pol_set *p);
 void pol_set_unref(struct pol_set *p); /* accepts NULL */
+/*
+ * Gives every profile without crl_urls one CRL distribution point, "<url_base>/crl/<issuer>.crl"
+ * with the class's issuer (the gateway serves its CRLs there). Call it right after loading, before
+ * the set is shared: it changes the set. url_base is borrowed (copied); NULL or "" does nothing.
+ * Returns 0, AGW_ERR_BAD_INPUT (url_base too long) or AGW_ERR_NOMEM (the set is then unchanged
+ * only in part: drop it).
+ */
+int pol_set_default_crl_urls(struct pol_set *p, const char *url_base);
+/* Name and description (NULL if none) of profile i of class c; NULL name past the end. */
+const char *pol_class_profile_name(const struct pol_class *c, size_t i);
+const char *pol_class_profile_description(const struct pol_class *c, size_t i);
 
 /* The class called name, or NULL (also for a NULL name: there is no implicit class). */
 const struct pol_class *pol_class_find(const struct pol_set *p, const char *name);

@@ -62,6 +62,7 @@ void pol_profile_clear(struct pol_profile *p)
     if (p == NULL)
         return;
     free(p->name);
+    free(p->description);
     free_strings(p->policy_oids, p->n_policy_oids);
     free_strings(p->crl_urls, p->n_crl_urls);
     free_strings(p->ocsp_urls, p->n_ocsp_urls);
@@ -261,4 +262,48 @@ size_t pol_set_n_classes(const struct pol_set *p)
 const struct pol_class *pol_set_class_at(const struct pol_set *p, size_t i)
 {
     return p != NULL && i < p->n_classes ? &p->classes[i] : NULL;
+}
+
+int pol_set_default_crl_urls(struct pol_set *p, const char *url_base)
+{
+    size_t base_len;
+
+    if (p == NULL || url_base == NULL || url_base[0] == '\0')
+        return 0;
+    base_len = strnlen(url_base, 1025);
+    if (base_len > 1024)
+        return AGW_ERR_BAD_INPUT;
+    for (size_t i = 0; i < p->n_classes; i++) {
+        struct pol_class *c = &p->classes[i];
+
+        for (size_t k = 0; k < c->n_profiles; k++) {
+            struct pol_profile *prof = &c->profiles[k];
+            size_t len = base_len + strlen("/crl/.crl") + strlen(c->issuer) + 1;
+
+            if (prof->n_crl_urls != 0)
+                continue;
+            prof->crl_urls = calloc(1, sizeof(*prof->crl_urls));
+            if (prof->crl_urls == NULL)
+                return AGW_ERR_NOMEM;
+            prof->crl_urls[0] = malloc(len);
+            if (prof->crl_urls[0] == NULL) {
+                free(prof->crl_urls);
+                prof->crl_urls = NULL;
+                return AGW_ERR_NOMEM;
+            }
+            snprintf(prof->crl_urls[0], len, "%s/crl/%s.crl", url_base, c->issuer);
+            prof->n_crl_urls = 1;
+        }
+    }
+    return 0;
+}
+
+const char *pol_class_profile_name(const struct pol_class *c, size_t i)
+{
+    return c != NULL && i < c->n_profiles ? c->profiles[i].name : NULL;
+}
+
+const char *pol_class_profile_description(const struct pol_class *c, size_t i)
+{
+    return c != NULL && i < c->n_profiles ? c->profiles[i].description : NULL;
 }

@@ -2042,3 +2042,85 @@ int st_crl_next_number(struct st_store *s, const char *issuer, uint64_t *number)
     wr_unlock(s);
     return err;
 }
+
+/* One "SELECT <int> ... WHERE issuer = ?" read; 0 when there is no row. */
+static int issuer_int(struct st_store *s, const char *sql, const char *op, const char *issuer,
+                      int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int rc, err;
+
+    *out = 0;
+    if (s == NULL || !given(issuer, ST_NAME_LEN))
+        return AGW_ERR_BAD_INPUT;
+    db = rd_get(s, &slot);
+    err = prep(db, sql, &st, op);
+    if (err == 0)
+        err = bindv(db, st, op, "t", issuer);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *out = col_i64(st, 0);
+        else if (rc != SQLITE_DONE)
+            err = sql_err(db, rc, op);
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
+int st_crl_number(struct st_store *s, const char *issuer, uint64_t *number)
+{
+    int64_t v = 0;
+    int err;
+
+    if (number == NULL)
+        return AGW_ERR_BAD_INPUT;
+    err =
+        issuer_int(s, "SELECT number FROM crl_numbers WHERE issuer = ?", "crl_number", issuer, &v);
+    *number = err == 0 && v > 0 ? (uint64_t)v : 0;
+    return err;
+}
+
+int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker)
+{
+    if (marker == NULL)
+        return AGW_ERR_BAD_INPUT;
+    /* revocations are never undone, so the count only grows: a changed count is a revocation */
+    return issuer_int(s,
+                      "SELECT count(*) FROM certificates WHERE issuer = ? AND status = 'revoked'",
+                      "revocation_marker", issuer, marker);
+}
+
+int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int *found)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int rc, err;
+
+    if (found == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *found = 0;
+    if (s == NULL || !given(cert_id, sizeof(((struct st_order *)0)->replaces)))
+        return AGW_ERR_BAD_INPUT;
+    db = rd_get(s, &slot);
+    err = prep(db,
+               "SELECT 1 FROM orders WHERE replaces = ? AND status <> 'invalid' AND "
+               "NOT (status IN ('pending', 'ready') AND expires < ?) LIMIT 1",
+               &st, "order_replacing");
+    if (err == 0)
+        err = bindv(db, st, "order_replacing", "ti", cert_id, now);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *found = 1;
+        else if (rc != SQLITE_DONE)
+            err = sql_err(db, rc, "order_replacing");
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}

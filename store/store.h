@@ -158,6 +158,10 @@ int st_order_get(struct st_store *s, const char *id, struct st_order *out);
 /* IDs of the account's orders, newest first, at most max; *ids owned by the caller: free(). */
 int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t max,
                             char (**ids)[ST_ID_LEN], size_t *n);
+/* *found = 1 if a live order (not invalid, and not pending/ready past its expiry at now) already
+ * has replaces == cert_id (RFC 9773 §5: one replacement per certificate). A full scan of orders
+ * with that value; no index yet. */
+int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int *found);
 /* Conditional transition: AGW_ERR_CONFLICT unless the order is in `from`. error_json may be NULL. */
 int st_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
                         const char *error_json);
@@ -235,5 +239,11 @@ int st_revoked_list(struct st_store *s, const char *issuer, int64_t since,
                     struct st_revoked **out, size_t *n);
 /* Atomically increments and returns the issuer's CRL number (first call gives 1). */
 int st_crl_next_number(struct st_store *s, const char *issuer, uint64_t *number);
+/* The issuer's last CRL number handed out (0 if none yet); read-only, for acmegw-admin. */
+int st_crl_number(struct st_store *s, const char *issuer, uint64_t *number);
+/* A value that changes whenever a certificate of issuer is revoked (the number of revoked
+ * certificates): the CRL thread polls it to see revocations made by other processes. Cheap: one
+ * index range count. */
+int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker);
 
 #endif

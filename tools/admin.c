@@ -9,6 +9,7 @@
  *   acmegw-admin [--config FILE] cert revoke SERIAL --reason R
  *   acmegw-admin policy lint FILE...           (no config needed)
  *   acmegw-admin [--config FILE] policy reload (lint policy_dir, then SIGHUP the gateway)
+ *   acmegw-admin [--config FILE] crl generate  (SIGUSR1 the gateway, wait for new CRL numbers)
  *
  * The config file (default $ACMEGW_CONFIG) names the store and the seal key file. SQLite in WAL
  * mode lets this process read and write while the gateway runs; writes wait on SQLite's lock.
@@ -51,6 +52,7 @@ static int usage(void)
             "       acmegw-admin [--config FILE] cert revoke SERIAL --reason R\n"
             "       acmegw-admin policy lint FILE...\n"
             "       acmegw-admin [--config FILE] policy reload\n"
+            "       acmegw-admin [--config FILE] crl generate\n"
             "(FILE defaults to $ACMEGW_CONFIG; R is a number 0-10 or an RFC 5280 name)\n");
     return 2;
 }
@@ -317,14 +319,32 @@ static int policy_lint(int argc, char **argv)
     return bad;
 }
 
+/* Reads the gateway's pid from the config's pid_file; 0 or -1 (message printed). */
+static int gateway_pid(const struct gw_config *cfg, long *pid)
+{
+    char *pidf = cfg->pid_file != NULL ? gw_config_path(cfg, cfg->pid_file) : NULL;
+    FILE *f = pidf != NULL ? fopen(pidf, "r") : NULL;
+    int rc = -1;
+
+    *pid = 0;
+    if (f != NULL && fscanf(f, "%ld", pid) == 1 && *pid > 1)
+        rc = 0;
+    else
+        fprintf(stderr, "acmegw-admin: no gateway pid in %s\n",
+                pidf != NULL ? pidf : "(the config has no pid_file)");
+    if (f != NULL)
+        fclose(f);
+    free(pidf);
+    return rc;
+}
+
 /* Lints the running config's policy directory with the gateway's own loader, and only if it is
  * valid signals the gateway (SIGHUP) to swap it in. */
 static int policy_reload(const char *config_path)
 {
     struct gw_config *cfg = NULL;
     struct pol_set *set = NULL;
-    char err[600] = "", *dir = NULL, *pidf = NULL;
-    FILE *f;
+    char err[600] = "", *dir = NULL;
     long pid = 0;
     int rc = 1;
 
@@ -341,15 +361,8 @@ static int policy_reload(const char *config_path)
         fprintf(stderr, "acmegw-admin: not reloading: %s\n", err);
         goto out;
     }
-    pidf = gw_config_path(cfg, cfg->pid_file);
-    f = fopen(pidf, "r");
-    if (f == NULL || fscanf(f, "%ld", &pid) != 1 || pid <= 1) {
-        fprintf(stderr, "acmegw-admin: no gateway pid in %s\n", pidf);
-        if (f != NULL)
-            fclose(f);
+    if (gateway_pid(cfg, &pid) != 0)
         goto out;
-    }
-    fclose(f);
     if (kill((pid_t)pid, SIGHUP) != 0) {
         fprintf(stderr, "acmegw-admin: cannot signal pid %ld: %s\n", pid, strerror(errno));
         goto out;
@@ -360,7 +373,56 @@ static int policy_reload(const char *config_path)
 out:
     pol_set_unref(set);
     free(dir);
-    free(pidf);
+    gw_config_free(cfg);
+    return rc;
+}
+
+/* The gateway is another process: SIGUSR1 makes its signal thread kick the CRL thread for every
+ * issuer; we then watch the CRL numbers in the store (taken just before signing) for up to 10 s.
+ * (A multi-instance deployment would signal the one gateway that writes CRLs.) */
+static int crl_generate(const char *config_path)
+{
+    struct gw_config *cfg = NULL;
+    struct st_store *st = NULL;
+    uint64_t before[16], now_n[16];
+    char err[600] = "";
+    long pid = 0;
+    unsigned n, done = 0;
+    int rc = 1;
+
+    if (gw_config_load(config_path, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "acmegw-admin: %s\n", err);
+        return 1;
+    }
+    n = cfg->issuers_count < 16 ? cfg->issuers_count : 16;
+    if (gateway_pid(cfg, &pid) != 0 || open_store(config_path, &st) != 0)
+        goto out;
+    for (unsigned i = 0; i < n; i++)
+        if (st_crl_number(st, cfg->issuers[i].name, &before[i]) != 0)
+            before[i] = 0;
+    if (kill((pid_t)pid, SIGUSR1) != 0) {
+        fprintf(stderr, "acmegw-admin: cannot signal pid %ld: %s\n", pid, strerror(errno));
+        goto out;
+    }
+    for (int tries = 0; tries < 100 && done < n; tries++) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        done = 0;
+        for (unsigned i = 0; i < n; i++)
+            if (st_crl_number(st, cfg->issuers[i].name, &now_n[i]) == 0 && now_n[i] > before[i])
+                done++;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (st_crl_number(st, cfg->issuers[i].name, &now_n[i]) != 0 || now_n[i] <= before[i])
+            printf("issuer %s: no new CRL within 10 s (number still %llu; see the gateway log)\n",
+                   cfg->issuers[i].name, (unsigned long long)before[i]);
+        else
+            printf("issuer %s: CRL number %llu (was %llu)\n", cfg->issuers[i].name,
+                   (unsigned long long)now_n[i], (unsigned long long)before[i]);
+    }
+    rc = done == n ? 0 : 1;
+out:
+    st_close(st);
     gw_config_free(cfg);
     return rc;
 }
@@ -393,6 +455,8 @@ int main(int argc, char **argv)
                      (strcmp(verb, "list") == 0 || strcmp(verb, "revoke") == 0));
         if (strcmp(noun, "policy") == 0 && strcmp(verb, "reload") == 0)
             return policy_reload(config);
+        if (strcmp(noun, "crl") == 0 && strcmp(verb, "generate") == 0)
+            return crl_generate(config);
         if (!known)
             return usage();
         if (open_store(config, &st) != 0)
