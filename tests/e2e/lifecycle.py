@@ -123,11 +123,13 @@ T.problem(r, 405, "malformed", "POST-as-GET to renewalInfo", nonce=False)
 
 T.begin("unknown and malformed certIDs")
 aki_b64 = cid.split(".")[0]
-r = renewal_info(c, aki_b64 + "." + A.b64u(os.urandom(15)))
+r = renewal_info(c, aki_b64 + "." + A.b64u(b"\x11" + os.urandom(14)))  # positive serial
 T.problem(r, 404, "malformed", "unknown serial", nonce=False)
 wrong_aki = A.b64u(bytes(20)) + "." + cid.split(".")[1]
 r = renewal_info(c, wrong_aki)
 T.problem(r, 404, "malformed", "our serial under another AKI", nonce=False)
+r = renewal_info(c, aki_b64 + "." + A.b64u(b"\x81" + os.urandom(14)))
+T.problem(r, 400, "malformed", "negative serial", nonce=False)
 for bad in ("nodot", "a.b.c", "%%%.AA", "AA."):
     r = renewal_info(c, bad)
     T.check(r.status in (400, 404) and r.problem_type() == A.ERR + "malformed",
