@@ -57,7 +57,9 @@ e2e_check "store shows it revoked with reason 1" \
 e2e_check "acmegw-admin lists it as revoked" bash -c \
     "$ACMEGW_ADMIN cert list --status revoked --json | grep -q '\"$s2\"'"
 e2e_check "revoking again fails (alreadyRevoked)" bash -c \
-    "! REQUESTS_CA_BUNDLE=$ACMEGW_TLS_CA certbot revoke --server '$ACMEGW_DIRECTORY' --cert-path '$LIVE/cert.pem' --reason keycompromise --no-delete-after-revoke --config-dir '$CB/config' --work-dir '$CB/work' --logs-dir '$CB/logs' --non-interactive >$E2E_TMP/certbot3.out 2>&1 && grep -qi 'already' $E2E_TMP/certbot3.out"
+    "! REQUESTS_CA_BUNDLE=$ACMEGW_TLS_CA certbot revoke --server '$ACMEGW_DIRECTORY' --cert-path '$LIVE/cert.pem' --reason keycompromise --no-delete-after-revoke --config-dir '$CB/config' --work-dir '$CB/work' --logs-dir '$CB/logs' --non-interactive >$E2E_TMP/certbot3.out 2>&1 && grep -q 'urn:ietf:params:acme:error:alreadyRevoked' '$CB/logs/letsencrypt.log'"
+# (certbot 2.1 then crashes rendering that problem, AttributeError in josepy: a client bug; the
+# server's answer is checked in certbot's debug log)
 
 # 4. a wrong HMAC is refused and changes nothing
 before=$(count "select count(*) from accounts")
