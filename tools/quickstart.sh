@@ -151,16 +151,18 @@ certificate:
   key_usage: [keyCertSign, cRLSign]
 cert_out: $STATE/ca/root.pem
 transcript: $STATE/ca/ceremony.transcript.jsonl"
-cer 20-intermediate.yaml "step: intermediate
+# An issuing CA under the root: file, key label, CKA_ID, subject CN, certificate out.
+intermediate() {
+    cer "$1" "step: intermediate
 $TOKEN_BLOCK
 key:
   algorithm: ec-p256
-  label: acmegw-issuing
-  id: \"02\"
+  label: $2
+  id: \"$3\"
 certificate:
   subject:
     - O: acmegw quickstart
-    - CN: acmegw quickstart issuing CA 1
+    - CN: $4
   validity_days: 1825
   path_length: 0
   key_usage: [keyCertSign, cRLSign, digitalSignature]
@@ -172,31 +174,12 @@ issuer:
   key:
     label: acmegw-root
   cert: $STATE/ca/root.pem
-cert_out: $STATE/ca/intermediate.pem
+cert_out: $5
 transcript: $STATE/ca/ceremony.transcript.jsonl"
-cer 21-intermediate-lab.yaml "step: intermediate
-$TOKEN_BLOCK
-key:
-  algorithm: ec-p256
-  label: acmegw-lab
-  id: \"03\"
-certificate:
-  subject:
-    - O: acmegw quickstart
-    - CN: acmegw quickstart lab CA
-  validity_days: 1825
-  path_length: 0
-  key_usage: [keyCertSign, cRLSign, digitalSignature]
-issuer:
-  token:
-    module: $MODULE
-    label: $TOKEN_LABEL
-    pin_file: $STATE/secrets/pin
-  key:
-    label: acmegw-root
-  cert: $STATE/ca/root.pem
-cert_out: $STATE/ca/lab.pem
-transcript: $STATE/ca/ceremony.transcript.jsonl"
+}
+intermediate 20-intermediate.yaml acmegw-issuing 02 "acmegw quickstart issuing CA 1" \
+    "$STATE/ca/intermediate.pem"
+intermediate 21-intermediate-lab.yaml acmegw-lab 03 "acmegw quickstart lab CA" "$STATE/ca/lab.pem"
 cer 42-verify-lab.yaml "step: verify
 $TOKEN_BLOCK
 key:
