@@ -1541,7 +1541,7 @@ static void report(const struct opts *o, struct totals *tot)
     printf("  %-16s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", "latency ms",
            pct(m->lat_ms, m->n_lat, 0.50), pct(m->lat_ms, m->n_lat, 0.90),
            pct(m->lat_ms, m->n_lat, 0.99), m->n_lat > 0 ? m->lat_ms[m->n_lat - 1] : 0.0);
-    if (o->mode != MODE_HSM_SIGN)
+    if (o->mode != MODE_HSM_SIGN && o->mode != MODE_NONCE)
         printf("  %-16s %llu  (%.2f per op, %llu badNonce retries, %llu connections)\n", "requests",
                (unsigned long long)m->requests, (double)m->requests * per_op,
                (unsigned long long)m->bad_nonce_retries, (unsigned long long)m->reconnects);

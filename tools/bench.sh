@@ -1,0 +1,436 @@
+#!/usr/bin/env bash
+# tools/bench.sh - acmegw against Pebble, side by side, on this machine; results into
+# docs/performance.md (the section between the bench markers is regenerated).
+#
+#   tools/bench.sh                  release build in ./build-bench, 10 s per run
+#   BENCH_DURATION=30 tools/bench.sh
+#
+# Environment: BENCH_BUILD_DIR (default ./build-bench, built with -Dbuildtype=release),
+# BENCH_DURATION (seconds per issue run, default 10), BENCH_NONCE_DURATION (default 5),
+# BENCH_CONCURRENCY (default "1 8 32 512"), BENCH_PERF=0 to skip the perf profile,
+# BENCH_DOC (default docs/performance.md; BENCH_DOC=- writes no doc), BENCH_KEEP=1 keeps the
+# temporary directory, BENCH_NO_INSTALL=1 never runs apt-get.
+#
+# What runs: a fresh quickstart state in a temporary directory (token, CA, TLS certificate, EAB
+# key) and the gateway on a free loopback port; Debian's pebble on another port with EAB required,
+# PEBBLE_VA_ALWAYS_VALID=1 (no challenge server needed), PEBBLE_VA_NOSLEEP=1 and
+# PEBBLE_WFE_NONCEREJECT=0 (its defaults add random sleeps and reject 5 % of good nonces), and
+# the same TLS certificate as the gateway, so both servers pay the same handshake. Then
+# acmegw-bench issue at each concurrency against both (alternating, so background load hits
+# both alike), nonce and accounts modes, the crypto floor (openssl speed; acmegw-bench hsm-sign
+# against the same SoftHSM2 token), and a perf profile of the gateway at c=8.
+# pebble is a benchmark-only dependency: installed here, not in tools/deps.sh.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build-bench}
+DURATION=${BENCH_DURATION:-10}
+NONCE_DURATION=${BENCH_NONCE_DURATION:-5}
+CONCURRENCY=${BENCH_CONCURRENCY:-"1 8 32 512"}
+DOC=${BENCH_DOC:-$ROOT/docs/performance.md}
+MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+PY=/usr/bin/python3
+BENCH_CMD="$0${*:+ $*}"
+for v in BENCH_DURATION BENCH_NONCE_DURATION BENCH_CONCURRENCY BENCH_PERF BENCH_BUILD_DIR; do
+    [ -n "${!v:-}" ] && BENCH_CMD="$v='${!v}' $BENCH_CMD"
+done
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+install_missing() { # package...
+    local missing="" p sudo=""
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    if [ "${BENCH_NO_INSTALL:-0}" = 1 ]; then
+        echo "missing:$missing (BENCH_NO_INSTALL=1)" >&2
+        return 1
+    fi
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "installing:$missing"
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        $missing >/dev/null
+}
+
+free_port() {
+    "$PY" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+}
+
+install_missing pebble
+[ "${BENCH_PERF:-1}" = 1 ] && { install_missing linux-perf || BENCH_PERF=0; }
+log "release build in $BUILD"
+[ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" "$ROOT" -Dbuildtype=release >/dev/null
+ninja -C "$BUILD" >/dev/null
+BENCH="$BUILD/tools/acmegw-bench"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/acmegw-bench.XXXXXX")
+PEBBLE_PID=""
+cleanup() {
+    local rc=$?
+    set +e
+    stop_pebble
+    ACMEGW_STATE=$TMP/gw ACMEGW_BUILD_DIR=$BUILD "$ROOT/tools/quickstart.sh" --stop >/dev/null 2>&1
+    if [ "$rc" = 0 ] && [ "${BENCH_KEEP:-0}" != 1 ]; then
+        rm -rf "$TMP"
+    else
+        echo "kept $TMP" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$TMP/res"
+
+# ------------------------------------------------------------------ servers
+log "starting acmegw (state $TMP/gw)"
+ACMEGW_STATE=$TMP/gw ACMEGW_PORT=$(free_port) ACMEGW_NO_INSTALL=1 ACMEGW_NO_BUILD=1 \
+    ACMEGW_BUILD_DIR=$BUILD SOFTHSM2_MODULE=$MODULE "$ROOT/tools/quickstart.sh" --detach \
+    >"$TMP/quickstart.out" 2>&1 || { cat "$TMP/quickstart.out" >&2; exit 1; }
+# shellcheck disable=SC1091
+. "$TMP/gw/env.sh"
+export SOFTHSM2_CONF
+
+PEBBLE_PORT=$(free_port)
+cat >"$TMP/pebble.json" <<EOF
+{"pebble": {
+  "listenAddress": "127.0.0.1:$PEBBLE_PORT",
+  "managementListenAddress": "127.0.0.1:$(free_port)",
+  "certificate": "$ACMEGW_STATE/tls/server.pem",
+  "privateKey": "$ACMEGW_STATE/tls/server.key",
+  "httpPort": $(free_port), "tlsPort": $(free_port), "ocspResponderURL": "",
+  "externalAccountBindingRequired": true,
+  "externalAccountMACKeys": {"$ACMEGW_EAB_KID": "$ACMEGW_EAB_HMAC"}
+}}
+EOF
+# Pebble 2.4.0 can deadlock under concurrent load (notes §6) and then refuses every nonce, so
+# each Pebble run gets a fresh process: one hang cannot spoil the runs after it.
+start_pebble() {
+    stop_pebble
+    PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
+        pebble -config "$TMP/pebble.json" >>"$TMP/pebble.log" 2>&1 &
+    PEBBLE_PID=$!
+    for _ in $(seq 1 100); do
+        curl -sf --cacert "$ACMEGW_TLS_CA" "$PEBBLE_DIR" >/dev/null 2>&1 && return 0
+        kill -0 "$PEBBLE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -20 "$TMP/pebble.log" >&2
+    return 1
+}
+stop_pebble() {
+    if [ -n "$PEBBLE_PID" ]; then
+        kill "$PEBBLE_PID" 2>/dev/null && wait "$PEBBLE_PID" 2>/dev/null
+        PEBBLE_PID=""
+    fi
+    return 0
+}
+PEBBLE_DIR="https://127.0.0.1:$PEBBLE_PORT/dir"
+log "pebble on 127.0.0.1:$PEBBLE_PORT"
+start_pebble
+
+# ------------------------------------------------------------------ runs
+run() { # name, server(acmegw|pebble), mode, concurrency, duration
+    local name=$1 srv=$2 mode=$3 c=$4 d=$5 dir pid extra=()
+    if [ "$srv" = acmegw ]; then
+        dir=$ACMEGW_DIRECTORY pid=$ACMEGW_PID
+    else
+        start_pebble
+        dir=$PEBBLE_DIR pid=$PEBBLE_PID extra=(--trigger-challenges)
+    fi
+    log "$srv $mode c=$c ${d}s"
+    "$BENCH" "$mode" --directory "$dir" --cacert "$ACMEGW_TLS_CA" --concurrency "$c" \
+        --duration "$d" --server-pid "$pid" --timeout-ms 15000 --label "$srv" --json \
+        "${extra[@]}" >"$TMP/res/$name.json" 2>"$TMP/res/$name.err" || true
+    [ -s "$TMP/res/$name.json" ] || echo '{}' >"$TMP/res/$name.json"
+}
+uptime >"$TMP/res/load-before.txt"
+for c in $CONCURRENCY; do
+    run "issue-acmegw-$c" acmegw issue "$c" "$DURATION"
+    run "issue-pebble-$c" pebble issue "$c" "$DURATION"
+done
+for srv in acmegw pebble; do
+    run "nonce-$srv" "$srv" nonce 8 "$NONCE_DURATION"
+    run "accounts-$srv" "$srv" accounts 8 "$NONCE_DURATION"
+done
+uptime >"$TMP/res/load-after.txt"
+
+# ------------------------------------------------------------------ crypto floor
+log "crypto floor: openssl speed ecdsap256, hsm-sign"
+openssl speed -seconds 2 ecdsap256 >"$TMP/res/speed.txt" 2>/dev/null || true
+for w in 1 2; do
+    "$BENCH" hsm-sign --module "$MODULE" --token "$ACMEGW_TOKEN_LABEL" --key acmegw-issuing \
+        --pin-file "$ACMEGW_PIN_FILE" --concurrency "$w" --workers "$w" --duration 3 --json \
+        >"$TMP/res/hsm-sign-$w.json" 2>"$TMP/res/hsm-sign-$w.err" || true
+    [ -s "$TMP/res/hsm-sign-$w.json" ] || echo '{}' >"$TMP/res/hsm-sign-$w.json"
+done
+
+# ------------------------------------------------------------------ profile
+# Attributes each sample to the innermost frame that names a cost centre; prints markdown.
+cat >"$TMP/profile.py" <<'PYEOF'
+import json, re, sys
+RULES = [  # (frame symbol or dso regex, category); the innermost matching frame decides
+    (r"^tbs_decode$", "signing: hsm decodes the TBS (d2i_X509)"),
+    (r"^tbs_verify$", "signing: hsm verifies its own signature"),
+    (r"^tbs_sign$", "signing: token ECDSA (libp11 + SoftHSM2)"),
+    (r"^tbs_encode$", "signing: hsm encodes the certificate"),
+    (r"^(job_sign|conn_acquire|conn_check|conn_release)$", "signing: hsm other"),
+    (r"fdatasync|fsync", "SQL: commit fsync (synchronous=FULL)"),
+    (r"^agw_log", "logging"),
+    (r"^sqlite3", "SQL: SQLite engine"),
+    (r"^st_", "SQL: store glue"),
+    (r"^X509_REQ_verify", "CSR: signature verify"),
+    (r"^d2i_X509_REQ$", "CSR: decode"),
+    (r"^pol_check_csr$", "CSR: policy checks"),
+    (r"^X509_PUBKEY_set$", "policy: X509_PUBKEY_set (subject key re-encode)"),
+    (r"^hsm_tbs_cert$", "policy: encode TBS"),
+    (r"^pol_", "policy: build TBS"),
+    (r"^gw_jws_verify$", "JWS: signature verify"),
+    (r"^gw_jwk_to_pkey$", "JWS: JWK -> EVP_PKEY (OpenSSL 3 fromdata)"),
+    (r"^gw_eab", "JWS: EAB"),
+    (r"^(gw_jws_parse|gw_json|json_|gw_b64url)", "JSON: parse (JWS, payloads)"),
+    (r"^(order_reply|authz_json|challenge_json|account_json)", "JSON: build responses"),
+    (r"^gw_nonce", "nonce"),
+    (r"libssl\.so", "TLS (libssl)"),
+    (r"^h2o_|libh2o", "HTTP (h2o)"),
+    (r"^gw_issue_finalize$", "issue: other"),
+    (r"futex|pthread_cond|pthread_mutex|__lll_lock", "locks and wake-ups (futex)"),
+    (r"^(acme_authenticate|gw_acme_handle)$", "gateway: request handling other"),
+]
+rules = [(re.compile(p), c) for p, c in RULES]
+counts, total, dec = {}, 0, 0
+stack = []
+def flush():
+    global total, dec
+    if not stack:
+        return
+    total += 1
+    cat = None
+    syms = [f[0] for f in stack]
+    if "worker_main" in syms and not {"gw_acme_handle", "hsm_call", "loop_main"} & set(syms):
+        # hsm/signer.c's worker: its static helpers are inlined, so split by what it calls
+        if any(d.find("softhsm") >= 0 or d.find("libp11") >= 0 for _, d in stack):
+            cat = "signing: token ECDSA (libp11 + SoftHSM2)"
+        elif "ASN1_item_d2i_ex" in syms or "d2i_X509" in syms:
+            cat = "signing: hsm decodes the TBS (d2i_X509)"
+        elif any(x.startswith("ASN1_item_verify") for x in syms):
+            cat = "signing: hsm verifies its own signature"
+        elif any(x.startswith("ASN1_item_sign") or x.startswith("ASN1_item_i2d") for x in syms):
+            cat = "signing: hsm signs/encodes the certificate"
+        elif any(re.search("futex|pthread_cond|pthread_mutex", x) for x in syms):
+            cat = "signing: hsm worker wake-ups"
+        else:
+            cat = "signing: hsm other"
+    for i, (sym, dso) in enumerate(stack):
+        if cat:
+            break
+        if sym in ("gw_issue_finalize", "chain_pem") and "ASN1_item_d2i_ex" in syms[:i]:
+            cat = "issue: d2i_X509 of the signed certificate (dates, chain PEM)"
+            break
+        for rx, c in rules:
+            if rx.search(sym) or rx.search(dso):
+                cat = c
+                break
+        if cat:
+            break
+    if cat is None:
+        cat = "kernel other" if stack[0][1].startswith("[kernel") else "other: unattributed"
+    if any(s.startswith("OSSL_DECODER") for s, _ in stack):
+        dec += 1
+    counts[cat] = counts.get(cat, 0) + 1
+for line in sys.stdin:
+    if not line.strip():
+        flush(); stack = []
+    elif line[0] in " \t":
+        m = re.match(r"\s*\S+\s+(.*?)\s+\((.*)\)\s*$", line)
+        if m:
+            stack.append((m.group(1).split("+")[0], m.group(2)))
+    else:
+        flush(); stack = []
+flush()
+try:
+    run = json.load(open(sys.argv[1]))
+    per_cert = run["server"]["cpu_ms_per_op"]
+except Exception:
+    run, per_cert = {}, None
+print("%d samples; the profiled run issued %s certificates/s at %s ms server CPU each." % (
+    total, "%.0f" % run["per_s"] if "per_s" in run else "?", "%.3f" % per_cert if per_cert else "?"))
+print()
+print("| where | share of samples | ms per certificate |")
+print("|---|---|---|")
+groups = {}
+for c, n in counts.items():
+    groups[c.split(":")[0]] = groups.get(c.split(":")[0], 0) + n
+for c, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+    if n * 1000 < total * 5:  # < 0.5 %
+        continue
+    print("| %s | %.1f %% | %s |" % (c, 100.0 * n / total, "%.3f" % (per_cert * n / total) if per_cert else "-"))
+print()
+print("By area: " + ", ".join("%s %.0f %%" % (g, 100.0 * n / total) for g, n in sorted(groups.items(), key=lambda kv: -kv[1])))
+print()
+print("Across all areas, %.1f %% of samples are inside OpenSSL 3's OSSL_DECODER (public-key decoding)." % (100.0 * dec / max(total, 1)))
+PYEOF
+if [ "${BENCH_PERF:-1}" = 1 ]; then
+    log "perf profile of acmegw at c=8"
+    "$BENCH" issue --concurrency 8 --duration 8 --server-pid "$ACMEGW_PID" --json --label perf \
+        >"$TMP/res/perf-run.json" 2>/dev/null &
+    bench_pid=$!
+    sleep 2
+    if perf record --call-graph dwarf,32768 -F 499 -p "$ACMEGW_PID" -o "$TMP/perf.data" \
+        -- sleep 4 >"$TMP/perf.out" 2>&1; then
+        wait "$bench_pid" || true
+        perf script -i "$TMP/perf.data" -F comm,tid,ip,sym,dso 2>/dev/null |
+            "$PY" "$TMP/profile.py" "$TMP/res/perf-run.json" >"$TMP/res/profile.md" || true
+    else
+        echo "perf record failed (not supported in this VM?): $(tail -1 "$TMP/perf.out")" \
+            >"$TMP/res/profile.md"
+        wait "$bench_pid" || true
+    fi
+fi
+
+# ------------------------------------------------------------------ report
+BENCH_DURATION=$DURATION "$PY" - "$TMP/res" "$DOC" "$BENCH_CMD" <<'PYEOF'
+import glob, json, os, platform, re, subprocess, sys
+
+res, doc, cmd = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def load(name):
+    try:
+        with open(os.path.join(res, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+def num(v, fmt="%.1f"):
+    return fmt % v if isinstance(v, (int, float)) else "-"
+
+def cpu(j):
+    return j.get("server", {}).get("cpu_ms_per_op")
+
+DUR = float(os.environ.get("BENCH_DURATION", "10"))
+
+def errs(j):
+    if not j:
+        return "run failed"
+    hung = j.get("elapsed_s", 0) > DUR + 5 and j.get("mode") == "issue"
+    note = "; hung: the run took %.0f s" % j["elapsed_s"] if hung else ""
+    if j.get("errors", 0) == 0:
+        return "0" + note
+    return "%d (%s%s)" % (j["errors"], ", ".join("%s %d" % kv for kv in j.get("errors_by_type", {}).items()), note)
+
+concs = sorted({int(m.group(1)) for m in (re.match(r"issue-acmegw-(\d+)\.json", os.path.basename(p))
+                for p in glob.glob(os.path.join(res, "issue-acmegw-*.json"))) if m})
+lines = []
+lines.append("| c | server | certs/s | p50 ms | p90 ms | p99 ms | max ms | req/cert | server CPU ms/cert | RSS kB before -> after | errors |")
+lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+ratios = []
+for c in concs:
+    a, p = load("issue-acmegw-%d" % c), load("issue-pebble-%d" % c)
+    for name, j in (("acmegw", a), ("pebble", p)):
+        lat = j.get("latency_ms", {})
+        s = j.get("server", {})
+        lines.append("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            c, name, num(j.get("per_s")), num(lat.get("p50"), "%.2f"), num(lat.get("p90"), "%.2f"),
+            num(lat.get("p99"), "%.2f"), num(lat.get("max"), "%.2f"),
+            num(j.get("requests_per_op"), "%.2f"), num(cpu(j), "%.3f"),
+            "%s -> %s" % (s.get("rss_kb_before", "-"), s.get("rss_kb_after", "-")), errs(j)))
+    ra = a.get("per_s") / p["per_s"] if a.get("per_s") and p.get("per_s") else None
+    rc = cpu(p) / cpu(a) if cpu(a) and cpu(p) else None
+    ratios.append("| %d | %s | %s |" % (c, num(ra, "%.2fx"), num(rc, "%.2fx")))
+table = "\n".join(lines)
+
+other = ["| mode | server | ops/s | p99 ms | server CPU ms/op | errors |", "|---|---|---|---|---|---|"]
+for mode in ("nonce", "accounts"):
+    for srv in ("acmegw", "pebble"):
+        j = load("%s-%s" % (mode, srv))
+        other.append("| %s (c=8) | %s | %s | %s | %s | %s |" % (
+            mode, srv, num(j.get("per_s")), num(j.get("latency_ms", {}).get("p99"), "%.2f"),
+            num(cpu(j), "%.4f"), errs(j)))
+
+# crypto floor
+verify = sign = None
+try:
+    for line in open(os.path.join(res, "speed.txt")):
+        m = re.match(r"\s*256 bits ecdsa \(nistp256\)\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", line)
+        if m:
+            sign, verify = float(m.group(1)), float(m.group(2))
+except OSError:
+    pass
+h1, h2 = load("hsm-sign-1"), load("hsm-sign-2")
+hsm_rate = h1.get("per_s")
+a8 = load("issue-acmegw-8")
+req = a8.get("requests_per_op") or 4.0
+floor = None
+if verify and hsm_rate:
+    n_verify = req + 1  # one JWS per request, plus the CSR's self-signature
+    floor = n_verify / verify * 1000 + 1000 / hsm_rate
+pure = (req + 1) / verify * 1000 + 1000 / sign if verify and sign else None
+floor_lines = [
+    "- OpenSSL P-256 (`openssl speed -seconds 2 ecdsap256`, one core): %s sign/s, %s verify/s" % (num(sign, "%.0f"), num(verify, "%.0f")),
+    "- SoftHSM2 token signing through hsm/ (`acmegw-bench hsm-sign`, hsm_call incl. TBS decode): %s sig/s with 1 thread, %s with 2 (p99 %s ms)" % (
+        num(hsm_rate, "%.0f"), num(h2.get("per_s"), "%.0f"), num(h1.get("latency_ms", {}).get("p99"), "%.3f")),
+    "- Floor per certificate = (%.2f requests + 1 CSR) verifications + 1 token signature (hsm_call) = %s ms" % (req, num(floor, "%.3f")),
+    "- Pure-crypto floor (the same verifications + one software P-256 signature; what a token without the hsm/ overhead would give) = %s ms" % num(pure, "%.3f"),
+]
+for c in concs:
+    a = load("issue-acmegw-%d" % c)
+    if cpu(a) and floor:
+        floor_lines.append("- c=%d: server CPU %.3f ms/cert = %.1fx the floor" % (c, cpu(a), cpu(a) / floor))
+
+def sh(args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+model = "?"
+for line in open("/proc/cpuinfo"):
+    if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+def read(name):
+    try:
+        return open(os.path.join(res, name)).read().strip()
+    except OSError:
+        return "-"
+machine = [
+    "- machine: %s CPUs (`nproc`), %s, kernel %s" % (sh(["nproc"]), model, platform.release()),
+    "- load before: `%s`" % read("load-before.txt"),
+    "- load after: `%s`" % read("load-after.txt"),
+    "- versions: %s; %s" % (sh(["openssl", "version"]), sh(["dpkg-query", "-W", "-f=pebble ${Version}", "pebble"])),
+    "- date: %s" % sh(["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
+    "- command: `%s`" % cmd,
+]
+prof = read("profile.md")
+section = "\n".join([
+    "<!-- bench:begin (generated by tools/bench.sh; edits between the markers are overwritten) -->",
+    "### Machine and command", "", *machine, "",
+    "### issue: acmegw vs Pebble", "", table, "",
+    "Ratios (acmegw / Pebble certs/s; Pebble / acmegw server CPU per certificate):", "",
+    "| c | certs/s ratio | CPU efficiency ratio |", "|---|---|---|", *ratios, "",
+    "### nonce and accounts", "", *other, "",
+    "### Crypto floor", "", *floor_lines, "",
+    "### Profile (perf, acmegw at c=8)", "", prof if prof != "-" else "(not run)", "",
+    "<!-- bench:end -->",
+])
+print(section)
+if doc != "-":
+    try:
+        text = open(doc).read()
+    except OSError:
+        text = "# acmegw performance\n\n"
+    b, e = text.find("<!-- bench:begin"), text.find("<!-- bench:end -->")
+    if b >= 0 and e > b:
+        text = text[:b] + section + text[e + len("<!-- bench:end -->"):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Latest run\n\n" + section + "\n"
+    with open(doc, "w") as f:
+        f.write(text)
+    print("\nwrote %s" % doc, file=sys.stderr)
+PYEOF
