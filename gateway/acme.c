@@ -143,7 +143,9 @@ int gw_acme_directory_build(struct gw_server *srv)
     if (srv->cfg->website != NULL)
         json_object_set_new(meta, "website", json_string(srv->cfg->website));
     {
-        json_t *profiles = gw_profiles_meta(srv->policy); /* draft-aaron-acme-profiles */
+        struct pol_set *pol = gw_policy_get(srv);
+        json_t *profiles = gw_profiles_meta(pol); /* draft-aaron-acme-profiles */
+        pol_set_unref(pol);
         if (profiles != NULL)
             json_object_set_new(meta, "profiles", profiles);
     }
@@ -152,12 +154,38 @@ int gw_acme_directory_build(struct gw_server *srv)
                   "meta", meta);
     if (d == NULL)
         return AGW_ERR_NOMEM;
-    srv->directory_json = json_dumps(d, JSON_INDENT(2));
-    json_decref(d);
-    if (srv->directory_json == NULL)
-        return AGW_ERR_NOMEM;
-    srv->directory_len = strlen(srv->directory_json);
+    {
+        char *text = json_dumps(d, JSON_INDENT(2));
+        size_t len = text != NULL ? strlen(text) : 0;
+        struct gw_text *t = text != NULL ? malloc(sizeof(*t) + len + 1) : NULL, *old;
+
+        json_decref(d);
+        if (t == NULL) {
+            free(text);
+            return AGW_ERR_NOMEM;
+        }
+        t->len = len;
+        t->retired_next = NULL;
+        memcpy(t->s, text, len + 1);
+        free(text);
+        pthread_mutex_lock(&srv->policy_lock); /* serialises publishers, not readers */
+        old = __atomic_exchange_n(&srv->directory, t, __ATOMIC_ACQ_REL);
+        t->retired_next = old; /* the old one keeps its own chain of older ones */
+        pthread_mutex_unlock(&srv->policy_lock);
+    }
     return 0;
+}
+
+void gw_acme_directory_free(struct gw_server *srv)
+{
+    struct gw_text *t = srv->directory;
+
+    srv->directory = NULL;
+    while (t != NULL) {
+        struct gw_text *next = t->retired_next;
+        free(t);
+        t = next;
+    }
 }
 
 /* ---------------------------------------------------------------- authentication */

@@ -50,6 +50,14 @@ struct gw_response {
     const char *allow;         /* Allow header for 405, static */
 };
 
+/* An immutable text published to loop threads; replaced ones stay on a list until exit, so a
+ * loop never reads freed memory (reloads are rare: a few hundred bytes each). */
+struct gw_text {
+    struct gw_text *retired_next;
+    size_t len;
+    char s[];
+};
+
 struct gw_issuer {
     char name[64];
     struct hsm_signer *signer;
@@ -63,15 +71,17 @@ struct gw_server {
     size_t n_issuers;
     pthread_mutex_t policy_lock; /* guards policy (the pointer swap on reload only) */
     struct pol_set *policy;
-    char *directory_json; /* precomputed */
-    size_t directory_len;
+    struct gw_text *directory; /* atomic pointer: loops read it without a lock; a policy reload
+                                * publishes a new one (meta.profiles) and retires the old */
     volatile int stopping;
 };
 
 /* Runs one queued request on a worker thread. Never called on an event loop. */
 void gw_acme_handle(struct gw_server *srv, const struct gw_request *req, struct gw_response *resp);
-/* Builds srv->directory_json from the config. */
+/* Builds the directory from the config and the current policy and publishes it. */
 int gw_acme_directory_build(struct gw_server *srv);
+/* Frees the published directory and every retired one (at exit). */
+void gw_acme_directory_free(struct gw_server *srv);
 /* Releases what a response owns. */
 void gw_response_clear(struct gw_response *resp);
 /* A problem document response for err (detail may be NULL); also sets Retry-After when due. */

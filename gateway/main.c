@@ -102,6 +102,8 @@ int gw_policy_reload(struct gw_server *srv)
     srv->policy = fresh;
     pthread_mutex_unlock(&srv->policy_lock);
     pol_set_unref(old); /* requests in flight hold their own references */
+    if (gw_acme_directory_build(srv) != 0) /* meta.profiles follows the policy */
+        LOG_WARN("policy.directory_stale", "error=\"out of memory\"");
     LOG_INFO("policy.reloaded", "dir=%s", srv->cfg->policy_dir);
     return 0;
 }
@@ -161,7 +163,7 @@ static void server_free(struct gw_server *srv)
     st_close(srv->store);
     pol_set_unref(srv->policy);
     gw_nonces_free(srv->nonces);
-    free(srv->directory_json);
+    gw_acme_directory_free(srv);
     gw_config_free(srv->cfg);
     pthread_mutex_destroy(&srv->policy_lock);
 }
@@ -237,15 +239,6 @@ int main(int argc, char **argv)
         err = gw_nonces_new(0, 0, 0, &srv.nonces);
     if (err == 0)
         err = gw_acme_directory_build(&srv);
-    if (err == 0 && srv.cfg->pid_file != NULL) {
-        char *pf = gw_config_path(srv.cfg, srv.cfg->pid_file);
-        FILE *f = pf != NULL ? fopen(pf, "w") : NULL;
-        if (f != NULL) {
-            fprintf(f, "%ld\n", (long)getpid());
-            fclose(f);
-        }
-        free(pf);
-    }
     if (err == 0)
         err = gw_server_run(&srv);
     if (err != 0)

@@ -296,10 +296,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     if ((is_get || is_head) && h2o_memis(path.base, path.len, H2O_STRLIT("/directory"))) {
         r.status = 200;
         r.content_type = "application/json";
-        r.body = malloc(srv->directory_len);
-        if (r.body != NULL) {
-            memcpy(r.body, srv->directory_json, srv->directory_len);
-            r.body_len = srv->directory_len;
+        {
+            const struct gw_text *d = __atomic_load_n(&srv->directory, __ATOMIC_ACQUIRE);
+            r.body = malloc(d->len);
+            if (r.body != NULL) {
+                memcpy(r.body, d->s, d->len);
+                r.body_len = d->len;
+            }
         }
         respond_inline(req, &r);
         return 0;
@@ -400,7 +403,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---------------------------------------------------------------- listeners and loops */
 
-static int listen_socket(const struct gw_listen *l)
+/* reuseport: each loop binds its own socket with SO_REUSEPORT. Without it (the probe below), the
+ * bind fails if anyone already listens there. */
+static int listen_socket(const struct gw_listen *l, int reuseport)
 {
     struct addrinfo hints, *res = NULL;
     char port[8];
@@ -417,13 +422,14 @@ static int listen_socket(const struct gw_listen *l)
     }
     fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) ||
         (res->ai_family == AF_INET6 &&
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0 ||
         fcntl(fd, F_SETFL, O_NONBLOCK) != 0) {
         LOG_ERROR("http.listen", "address=%s port=%u error=\"%s\"", l->address, l->port,
-                  strerror(errno));
+                  errno == EADDRINUSE ? "address already in use (another process listens there)"
+                                      : strerror(errno));
         if (fd >= 0)
             close(fd);
         fd = -1;
@@ -577,13 +583,22 @@ int gw_server_run(struct gw_server *srv)
     if (gw_crl_start(srv) != 0)
         rc = AGW_ERR_NOMEM;
 
+    /* SO_REUSEPORT would let us silently share a port with another process of the same user
+     * (a second gateway): probe each address without it first, so that is a start-up error. */
+    for (unsigned j = 0; j < cfg->listen_count && rc == 0; j++) {
+        int probe = listen_socket(&cfg->listen[j], 0);
+        if (probe < 0)
+            rc = AGW_ERR_IO;
+        else
+            close(probe);
+    }
     /* all loops share one handler; on_req finds its loop through req->conn->ctx. Each loop gets
      * its own SO_REUSEPORT socket per listener, opened here so a bind error stops start-up. */
     for (unsigned i = 0; i < n_loops && rc == 0; i++) {
         struct loop_thread *lt = &loops[i];
         lt->srv = srv;
         for (unsigned j = 0; j < cfg->listen_count && j < 16; j++) {
-            int fd = listen_socket(&cfg->listen[j]);
+            int fd = listen_socket(&cfg->listen[j], 1);
             if (fd < 0) {
                 rc = AGW_ERR_IO;
                 break;
@@ -604,6 +619,16 @@ int gw_server_run(struct gw_server *srv)
                      cfg->listen[i].address, cfg->listen[i].port,
                      cfg->listen[i].plain_http ? "no" : "yes", n_loops, pool.n_threads);
         LOG_INFO("acme.directory", "url=%s/directory", cfg->base_url);
+        /* only now: a gateway that failed to bind must not clobber the running one's pid file */
+        if (cfg->pid_file != NULL) {
+            char *pf = gw_config_path(cfg, cfg->pid_file);
+            FILE *f = pf != NULL ? fopen(pf, "w") : NULL;
+            if (f != NULL) {
+                fprintf(f, "%ld\n", (long)getpid());
+                fclose(f);
+            }
+            free(pf);
+        }
         while (!stop_requested) {
             int sig = 0;
             if (sigwait(&sigs, &sig) != 0)

@@ -216,8 +216,9 @@ validation:
 csr:
   keys: [ec-p256]
 profiles:
-  - name: default
+  - name: printer-30d
     validity_days: 30
+    description: thirty days for printers
     key_usage: [digitalSignature]
     extended_key_usage: [clientAuth]
 quotas:
@@ -235,6 +236,9 @@ pos = log_size()
 rc, out = admin_rc("policy", "reload")
 C.eq(rc, 0, "acmegw-admin policy reload")
 C.check(wait_log("policy.reloaded", pos), "gateway logged policy.reloaded")
+meta = at.Client().directory().get("meta", {})
+C.eq(meta.get("profiles", {}).get("printer-30d"), "thirty days for printers",
+     "directory meta.profiles follows the reload")
 e = json.loads(at.admin("eab", "create", "--class", "printers", "--json"))
 pr = at.Client()
 r = pr.new_account(eab_kid=e["kid"], eab_hmac=e["hmac"])
