@@ -56,11 +56,11 @@
 
 #define ST_N_READERS       4
 #define ST_BUSY_TIMEOUT_MS 5000
-#define ST_RAW_ID_LEN      16
 #define ST_SQL_MAX         1024
 #define ST_KEY_MAX         64 /* the longest lookup key: ID, kid, thumbprint, serial */
 
-struct st_store {
+struct sq_store {
+    struct st_store base;       /* first member: the ops table (store/internal.h) */
     pthread_mutex_t write_lock; /* guards wdb; held across the commit and its fsync, by design */
     sqlite3 *wdb;
     pthread_mutex_t pool_lock; /* guards reader_busy; never held across I/O */
@@ -68,8 +68,14 @@ struct st_store {
     sqlite3 *readers[ST_N_READERS];
     int reader_busy[ST_N_READERS];
     int locks_ready;                         /* write_lock, pool_lock and pool_cond initialised */
-    unsigned char seal_key[ST_SEAL_KEY_LEN]; /* wiped in st_close() */
+    unsigned char seal_key[ST_SEAL_KEY_LEN]; /* wiped in sq_close() */
 };
+
+/* Every struct st_store this file sees was made by sq_open(): base is the first member. */
+static struct sq_store *sq(struct st_store *s)
+{
+    return (struct sq_store *)s;
+}
 
 /* ---------------------------------------------------------------- schema */
 
@@ -184,26 +190,6 @@ static int sql_err(sqlite3 *db, int rc, const char *op)
     LOG_ERROR("store.sqlite", "op=%s rc=%d error=\"%s\"", op, ext,
               db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     return AGW_ERR_STORE;
-}
-
-/* Non-NULL and shorter than its field (room for the NUL). */
-static int fits(const char *v, size_t size)
-{
-    return v != NULL && strnlen(v, size) < size;
-}
-
-/* fits() and not empty. */
-static int given(const char *v, size_t size)
-{
-    return fits(v, size) && v[0] != '\0';
-}
-
-static void copy_str(char *dst, size_t size, const char *src)
-{
-    size_t n = strnlen(src, size - 1);
-
-    memcpy(dst, src, n);
-    dst[n] = '\0';
 }
 
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, const char *op)
@@ -351,38 +337,38 @@ static int64_t col_i64(sqlite3_stmt *st, int i)
 
 static sqlite3 *wr_lock(struct st_store *s)
 {
-    pthread_mutex_lock(&s->write_lock);
-    return s->wdb;
+    pthread_mutex_lock(&sq(s)->write_lock);
+    return sq(s)->wdb;
 }
 
 static void wr_unlock(struct st_store *s)
 {
-    pthread_mutex_unlock(&s->write_lock);
+    pthread_mutex_unlock(&sq(s)->write_lock);
 }
 
 /* Takes a free read connection, waiting for one if all are in use. */
 static sqlite3 *rd_get(struct st_store *s, size_t *slot)
 {
-    pthread_mutex_lock(&s->pool_lock);
+    pthread_mutex_lock(&sq(s)->pool_lock);
     for (;;) {
         for (size_t i = 0; i < ST_N_READERS; i++) {
-            if (!s->reader_busy[i]) {
-                s->reader_busy[i] = 1;
-                pthread_mutex_unlock(&s->pool_lock);
+            if (!sq(s)->reader_busy[i]) {
+                sq(s)->reader_busy[i] = 1;
+                pthread_mutex_unlock(&sq(s)->pool_lock);
                 *slot = i;
-                return s->readers[i];
+                return sq(s)->readers[i];
             }
         }
-        pthread_cond_wait(&s->pool_cond, &s->pool_lock);
+        pthread_cond_wait(&sq(s)->pool_cond, &sq(s)->pool_lock);
     }
 }
 
 static void rd_put(struct st_store *s, size_t slot)
 {
-    pthread_mutex_lock(&s->pool_lock);
-    s->reader_busy[slot] = 0;
-    pthread_cond_signal(&s->pool_cond);
-    pthread_mutex_unlock(&s->pool_lock);
+    pthread_mutex_lock(&sq(s)->pool_lock);
+    sq(s)->reader_busy[slot] = 0;
+    pthread_cond_signal(&sq(s)->pool_cond);
+    pthread_mutex_unlock(&sq(s)->pool_lock);
 }
 
 static int conn_open(const char *path, int writer, sqlite3 **out)
@@ -515,9 +501,14 @@ fail:
     return err;
 }
 
-int st_open(const char *path, const unsigned char seal_key[32], struct st_store **out)
+static void sq_close(struct st_store *s);
+
+/* cfg->path: the database file, created 0600 if absent. */
+static int sq_open(const struct st_config *cfg, const unsigned char seal_key[32],
+                   struct st_store **out)
 {
-    struct st_store *s = NULL;
+    struct sq_store *s = NULL;
+    const char *path = cfg != NULL ? cfg->path : NULL;
     struct stat sb;
     int fd, err;
 
@@ -561,6 +552,7 @@ int st_open(const char *path, const unsigned char seal_key[32], struct st_store 
         free(s);
         return err;
     }
+    s->base.ops = &st_sqlite_ops;
     s->locks_ready = 1;
     memcpy(s->seal_key, seal_key, ST_SEAL_KEY_LEN);
 
@@ -575,15 +567,17 @@ int st_open(const char *path, const unsigned char seal_key[32], struct st_store 
         if (err != 0)
             goto fail;
     }
-    *out = s;
+    *out = &s->base;
     return 0;
 fail:
-    st_close(s);
+    sq_close(&s->base);
     return err;
 }
 
-void st_close(struct st_store *s)
+static void sq_close(struct st_store *st)
 {
+    struct sq_store *s = sq(st);
+
     if (s == NULL)
         return;
     for (size_t i = 0; i < ST_N_READERS; i++)
@@ -598,7 +592,7 @@ void st_close(struct st_store *s)
     free(s);
 }
 
-int st_schema_version(struct st_store *s, int *version)
+static int sq_schema_version(struct st_store *s, int *version)
 {
     size_t slot;
     sqlite3 *db;
@@ -610,39 +604,6 @@ int st_schema_version(struct st_store *s, int *version)
     err = read_version(db, version);
     rd_put(s, slot);
     return err;
-}
-
-int st_random_id(char *buf, size_t len)
-{
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    unsigned char raw[ST_RAW_ID_LEN];
-    size_t o = 0;
-
-    if (buf == NULL || len < ST_ID_LEN)
-        return AGW_ERR_BAD_INPUT;
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        LOG_ERROR("store.random_id", "error=RAND_bytes");
-        return AGW_ERR_INTERNAL;
-    }
-    /* base64url without padding (RFC 4648 §5): 16 bytes -> 22 characters. */
-    for (size_t i = 0; i < sizeof(raw); i += 3) {
-        uint32_t v = (uint32_t)raw[i] << 16;
-        size_t left = sizeof(raw) - i;
-
-        if (left > 1)
-            v |= (uint32_t)raw[i + 1] << 8;
-        if (left > 2)
-            v |= raw[i + 2];
-        buf[o++] = alphabet[(v >> 18) & 63];
-        buf[o++] = alphabet[(v >> 12) & 63];
-        if (left > 1)
-            buf[o++] = alphabet[(v >> 6) & 63];
-        if (left > 2)
-            buf[o++] = alphabet[v & 63];
-    }
-    buf[o] = '\0';
-    return 0;
 }
 
 /*
@@ -795,8 +756,8 @@ static int eab_row(sqlite3_stmt *st, void *out)
     return err;
 }
 
-int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struct st_eab *out,
-                  unsigned char hmac_out[32])
+static int sq_eab_create(struct st_store *s, const char *class_name, int64_t now,
+                         struct st_eab *out, unsigned char hmac_out[32])
 {
     unsigned char hmac[32], sealed[32 + ST_SEAL_OVERHEAD];
     char kid[ST_KID_LEN], id[ST_ID_LEN];
@@ -805,7 +766,7 @@ int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struc
     sqlite3 *db;
     int err;
 
-    if (s == NULL || out == NULL || hmac_out == NULL || !given(class_name, ST_NAME_LEN))
+    if (s == NULL || out == NULL || hmac_out == NULL || !st_given(class_name, ST_NAME_LEN))
         return AGW_ERR_BAD_INPUT;
     err = st_random_id(id, sizeof(id));
     if (err != 0)
@@ -815,7 +776,7 @@ int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struc
         LOG_ERROR("store.eab_create", "error=RAND_bytes");
         return AGW_ERR_INTERNAL;
     }
-    err = st_seal(s->seal_key, kid, hmac, sizeof(hmac), sealed, sizeof(sealed), &sealed_len);
+    err = st_seal(sq(s)->seal_key, kid, hmac, sizeof(hmac), sealed, sizeof(sealed), &sealed_len);
     if (err != 0)
         goto done;
 
@@ -834,8 +795,8 @@ int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struc
         goto done;
 
     memset(out, 0, sizeof(*out));
-    copy_str(out->kid, sizeof(out->kid), kid);
-    copy_str(out->class_name, sizeof(out->class_name), class_name);
+    st_copy_str(out->kid, sizeof(out->kid), kid);
+    st_copy_str(out->class_name, sizeof(out->class_name), class_name);
     out->created = now;
     memcpy(hmac_out, hmac, sizeof(hmac));
     LOG_INFO("store.eab_created", "kid=%s class=%s", kid, class_name);
@@ -844,8 +805,8 @@ done:
     return err;
 }
 
-int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned char *hmac,
-               size_t *hmac_len)
+static int sq_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned char *hmac,
+                      size_t *hmac_len)
 {
     char key[ST_KID_LEN];
     sqlite3_stmt *st = NULL;
@@ -853,9 +814,9 @@ int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned
     sqlite3 *db;
     int err;
 
-    if (s == NULL || out == NULL || hmac == NULL || hmac_len == NULL || !given(kid, ST_KID_LEN))
+    if (s == NULL || out == NULL || hmac == NULL || hmac_len == NULL || !st_given(kid, ST_KID_LEN))
         return AGW_ERR_BAD_INPUT;
-    copy_str(key, sizeof(key), kid); /* kid may point into *out, which is cleared next */
+    st_copy_str(key, sizeof(key), kid); /* kid may point into *out, which is cleared next */
     kid = key;
     memset(out, 0, sizeof(*out));
     *hmac_len = 0;
@@ -870,7 +831,7 @@ int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned
         const unsigned char *blob = sqlite3_column_blob(st, 5);
         int blob_len = sqlite3_column_bytes(st, 5);
 
-        err = st_unseal(s->seal_key, out->kid, blob, blob_len > 0 ? (size_t)blob_len : 0, hmac,
+        err = st_unseal(sq(s)->seal_key, out->kid, blob, blob_len > 0 ? (size_t)blob_len : 0, hmac,
                         ST_HMAC_MAX, hmac_len);
     }
     sqlite3_finalize(st);
@@ -880,7 +841,7 @@ int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned
     return err;
 }
 
-int st_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
+static int sq_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
 {
     sqlite3_stmt *st = NULL;
     void *arr = NULL;
@@ -902,14 +863,14 @@ int st_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
     return err;
 }
 
-int st_eab_revoke(struct st_store *s, const char *kid, int64_t now)
+static int sq_eab_revoke(struct st_store *s, const char *kid, int64_t now)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
     /* revoked = 0 means active, so a revocation must carry a real time */
-    if (s == NULL || !given(kid, ST_KID_LEN) || now <= 0)
+    if (s == NULL || !st_given(kid, ST_KID_LEN) || now <= 0)
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE eab_keys SET revoked = ? WHERE kid = ? AND revoked = 0", &st,
@@ -928,15 +889,6 @@ int st_eab_revoke(struct st_store *s, const char *kid, int64_t now)
 /* ---------------------------------------------------------------- accounts */
 
 #define ACCOUNT_COLS "id, thumbprint, status, eab_kid, class_name, created, jwk_json, contact_json"
-
-void st_account_clear(struct st_account *a)
-{
-    if (a == NULL)
-        return;
-    free(a->jwk_json);
-    free(a->contact_json);
-    memset(a, 0, sizeof(*a));
-}
 
 static int account_row(sqlite3_stmt *st, void *out)
 {
@@ -966,7 +918,7 @@ static int account_fetch(struct st_store *s, const char *op, const char *sql, co
     char key[ST_KEY_MAX];
     int err;
 
-    copy_str(key, sizeof(key), key_in); /* the key may point into *out, cleared next */
+    st_copy_str(key, sizeof(key), key_in); /* the key may point into *out, cleared next */
     memset(out, 0, sizeof(*out));
     err = get_by_key(s, op, sql, key, account_row, out);
     if (err != 0)
@@ -992,7 +944,7 @@ static void account_holder(sqlite3 *db, const char *thumbprint, char existing_id
  * one, and the account takes the key's class_name (copied back into a->class_name).
  * a->status "" means "valid"; a->contact_json NULL means "[]".
  */
-int st_account_create(struct st_store *s, struct st_account *a, char existing_id[ST_ID_LEN])
+static int sq_account_create(struct st_store *s, struct st_account *a, char existing_id[ST_ID_LEN])
 {
     char id[ST_ID_LEN], class_name[ST_NAME_LEN];
     const char *status;
@@ -1002,12 +954,12 @@ int st_account_create(struct st_store *s, struct st_account *a, char existing_id
 
     if (existing_id != NULL)
         existing_id[0] = '\0';
-    if (s == NULL || a == NULL || !given(a->thumbprint, sizeof(a->thumbprint)) ||
-        !fits(a->status, sizeof(a->status)) || !fits(a->eab_kid, sizeof(a->eab_kid)) ||
-        !fits(a->class_name, sizeof(a->class_name)) || a->jwk_json == NULL)
+    if (s == NULL || a == NULL || !st_given(a->thumbprint, sizeof(a->thumbprint)) ||
+        !st_fits(a->status, sizeof(a->status)) || !st_fits(a->eab_kid, sizeof(a->eab_kid)) ||
+        !st_fits(a->class_name, sizeof(a->class_name)) || a->jwk_json == NULL)
         return AGW_ERR_BAD_INPUT;
     status = a->status[0] != '\0' ? a->status : "valid";
-    copy_str(class_name, sizeof(class_name), a->class_name);
+    st_copy_str(class_name, sizeof(class_name), a->class_name);
     err = st_random_id(id, sizeof(id));
     if (err != 0)
         return err;
@@ -1063,9 +1015,9 @@ int st_account_create(struct st_store *s, struct st_account *a, char existing_id
     if (err != 0)
         goto rollback;
     wr_unlock(s);
-    copy_str(a->id, sizeof(a->id), id);
-    copy_str(a->status, sizeof(a->status), status);
-    copy_str(a->class_name, sizeof(a->class_name), class_name);
+    st_copy_str(a->id, sizeof(a->id), id);
+    st_copy_str(a->status, sizeof(a->status), status);
+    st_copy_str(a->class_name, sizeof(a->class_name), class_name);
     return 0;
 rollback:
     tx_rollback(db);
@@ -1076,30 +1028,31 @@ unlock:
     return err;
 }
 
-int st_account_get(struct st_store *s, const char *id, struct st_account *out)
+static int sq_account_get(struct st_store *s, const char *id, struct st_account *out)
 {
-    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
     return account_fetch(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = ?", id,
                          out);
 }
 
-int st_account_by_thumbprint(struct st_store *s, const char *thumbprint, struct st_account *out)
+static int sq_account_by_thumbprint(struct st_store *s, const char *thumbprint,
+                                    struct st_account *out)
 {
-    if (s == NULL || out == NULL || !given(thumbprint, ST_THUMB_LEN))
+    if (s == NULL || out == NULL || !st_given(thumbprint, ST_THUMB_LEN))
         return AGW_ERR_BAD_INPUT;
     return account_fetch(s, "account_by_thumbprint",
                          "SELECT " ACCOUNT_COLS " FROM accounts WHERE thumbprint = ?", thumbprint,
                          out);
 }
 
-int st_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
+static int sq_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN) || contact_json == NULL)
+    if (s == NULL || !st_given(id, ST_ID_LEN) || contact_json == NULL)
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET contact_json = ? WHERE id = ?", &st, "account_contact");
@@ -1114,13 +1067,13 @@ int st_account_set_contact(struct st_store *s, const char *id, const char *conta
     return err;
 }
 
-int st_account_deactivate(struct st_store *s, const char *id)
+static int sq_account_deactivate(struct st_store *s, const char *id)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN))
+    if (s == NULL || !st_given(id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET status = 'deactivated' WHERE id = ? AND status = 'valid'",
@@ -1134,14 +1087,15 @@ int st_account_deactivate(struct st_store *s, const char *id)
     return err;
 }
 
-int st_account_set_key(struct st_store *s, const char *id, const char *thumbprint,
-                       const char *jwk_json)
+static int sq_account_set_key(struct st_store *s, const char *id, const char *thumbprint,
+                              const char *jwk_json)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN) || !given(thumbprint, ST_THUMB_LEN) || jwk_json == NULL)
+    if (s == NULL || !st_given(id, ST_ID_LEN) || !st_given(thumbprint, ST_THUMB_LEN) ||
+        jwk_json == NULL)
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET thumbprint = ?, jwk_json = ? WHERE id = ?", &st,
@@ -1162,15 +1116,6 @@ int st_account_set_key(struct st_store *s, const char *id, const char *thumbprin
 #define ORDER_COLS                                                                                 \
     "id, account_id, status, class_name, profile, cert_serial, replaces, created, expires, "       \
     "not_before, not_after, identifiers_json, error_json"
-
-void st_order_clear(struct st_order *o)
-{
-    if (o == NULL)
-        return;
-    free(o->identifiers_json);
-    free(o->error_json);
-    memset(o, 0, sizeof(*o));
-}
 
 static int order_row(sqlite3_stmt *st, void *out)
 {
@@ -1203,27 +1148,29 @@ static int order_row(sqlite3_stmt *st, void *out)
 
 static int state_ok(const char *state)
 {
-    return given(state, ST_STATE_LEN);
+    return st_given(state, ST_STATE_LEN);
 }
 
 static int order_input_ok(const struct st_order *o)
 {
-    return given(o->account_id, sizeof(o->account_id)) && fits(o->status, sizeof(o->status)) &&
-           fits(o->class_name, sizeof(o->class_name)) && fits(o->profile, sizeof(o->profile)) &&
-           fits(o->cert_serial, sizeof(o->cert_serial)) && fits(o->replaces, sizeof(o->replaces)) &&
-           o->identifiers_json != NULL;
+    return st_given(o->account_id, sizeof(o->account_id)) &&
+           st_fits(o->status, sizeof(o->status)) && st_fits(o->class_name, sizeof(o->class_name)) &&
+           st_fits(o->profile, sizeof(o->profile)) &&
+           st_fits(o->cert_serial, sizeof(o->cert_serial)) &&
+           st_fits(o->replaces, sizeof(o->replaces)) && o->identifiers_json != NULL;
 }
 
 static int authz_input_ok(const struct st_authz *a)
 {
-    return fits(a->account_id, sizeof(a->account_id)) && given(a->id_type, sizeof(a->id_type)) &&
-           fits(a->status, sizeof(a->status)) && a->id_value != NULL;
+    return st_fits(a->account_id, sizeof(a->account_id)) &&
+           st_given(a->id_type, sizeof(a->id_type)) && st_fits(a->status, sizeof(a->status)) &&
+           a->id_value != NULL;
 }
 
 static int chal_input_ok(const struct st_new_challenge *c, size_t n_authz)
 {
-    return c->authz_index < n_authz && given(c->c.type, sizeof(c->c.type)) &&
-           given(c->c.token, sizeof(c->c.token)) && fits(c->c.status, sizeof(c->c.status));
+    return c->authz_index < n_authz && st_given(c->c.type, sizeof(c->c.type)) &&
+           st_given(c->c.token, sizeof(c->c.token)) && st_fits(c->c.status, sizeof(c->c.status));
 }
 
 static const char *or_default(const char *v, const char *dflt)
@@ -1235,8 +1182,8 @@ static const char *or_default(const char *v, const char *dflt)
  * Empty status fields default to "pending"; an authorization's empty account_id takes the
  * order's. Everything is checked before the transaction starts, so bad input writes nothing.
  */
-int st_order_create(struct st_store *s, struct st_order *o, struct st_authz *authz, size_t n_authz,
-                    struct st_new_challenge *chal, size_t n_chal)
+static int sq_order_create(struct st_store *s, struct st_order *o, struct st_authz *authz,
+                           size_t n_authz, struct st_new_challenge *chal, size_t n_chal)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
@@ -1255,21 +1202,22 @@ int st_order_create(struct st_store *s, struct st_order *o, struct st_authz *aut
     err = st_random_id(o->id, sizeof(o->id));
     for (size_t i = 0; err == 0 && i < n_authz; i++) {
         err = st_random_id(authz[i].id, sizeof(authz[i].id));
-        copy_str(authz[i].order_id, sizeof(authz[i].order_id), o->id);
+        st_copy_str(authz[i].order_id, sizeof(authz[i].order_id), o->id);
         if (authz[i].account_id[0] == '\0')
-            copy_str(authz[i].account_id, sizeof(authz[i].account_id), o->account_id);
-        copy_str(authz[i].status, sizeof(authz[i].status), or_default(authz[i].status, "pending"));
+            st_copy_str(authz[i].account_id, sizeof(authz[i].account_id), o->account_id);
+        st_copy_str(authz[i].status, sizeof(authz[i].status),
+                    or_default(authz[i].status, "pending"));
     }
     for (size_t j = 0; err == 0 && j < n_chal; j++) {
         struct st_challenge *c = &chal[j].c;
 
         err = st_random_id(c->id, sizeof(c->id));
-        copy_str(c->authz_id, sizeof(c->authz_id), authz[chal[j].authz_index].id);
-        copy_str(c->status, sizeof(c->status), or_default(c->status, "pending"));
+        st_copy_str(c->authz_id, sizeof(c->authz_id), authz[chal[j].authz_index].id);
+        st_copy_str(c->status, sizeof(c->status), or_default(c->status, "pending"));
     }
     if (err != 0)
         return err;
-    copy_str(o->status, sizeof(o->status), or_default(o->status, "pending"));
+    st_copy_str(o->status, sizeof(o->status), or_default(o->status, "pending"));
 
     db = wr_lock(s);
     err = tx_begin(db, "order_create");
@@ -1334,14 +1282,14 @@ unlock:
     return err;
 }
 
-int st_order_get(struct st_store *s, const char *id, struct st_order *out)
+static int sq_order_get(struct st_store *s, const char *id, struct st_order *out)
 {
     char key[ST_ID_LEN];
     int err;
 
-    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
-    copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
+    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
     id = key;
     memset(out, 0, sizeof(*out));
     err = get_by_key(s, "order_get", "SELECT " ORDER_COLS " FROM orders WHERE id = ?", id,
@@ -1357,8 +1305,8 @@ static int id_row(sqlite3_stmt *st, void *out)
 }
 
 /* max 0 means no cap, as in st_cert_filter. */
-int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t max,
-                            char (**ids)[ST_ID_LEN], size_t *n)
+static int sq_order_ids_by_account(struct st_store *s, const char *account_id, size_t max,
+                                   char (**ids)[ST_ID_LEN], size_t *n)
 {
     sqlite3_stmt *st = NULL;
     void *arr = NULL;
@@ -1370,7 +1318,7 @@ int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t m
         return AGW_ERR_BAD_INPUT;
     *ids = NULL;
     *n = 0;
-    if (s == NULL || !given(account_id, ST_ID_LEN))
+    if (s == NULL || !st_given(account_id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = prep(db,
@@ -1388,14 +1336,14 @@ int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t m
     return err;
 }
 
-int st_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
-                        const char *error_json)
+static int sq_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
+                               const char *error_json)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
+    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     /* error_json NULL keeps what is there */
@@ -1413,15 +1361,15 @@ int st_order_transition(struct st_store *s, const char *id, const char *from, co
 }
 
 /* status NULL counts orders in any state. */
-int st_order_count(struct st_store *s, const char *account_id, const char *status, int64_t since,
-                   int64_t *n)
+static int sq_order_count(struct st_store *s, const char *account_id, const char *status,
+                          int64_t since, int64_t *n)
 {
     sqlite3_stmt *st = NULL;
     size_t slot;
     sqlite3 *db;
     int rc, err;
 
-    if (s == NULL || n == NULL || !given(account_id, ST_ID_LEN) ||
+    if (s == NULL || n == NULL || !st_given(account_id, ST_ID_LEN) ||
         (status != NULL && !state_ok(status)))
         return AGW_ERR_BAD_INPUT;
     *n = 0;
@@ -1472,9 +1420,9 @@ static int count_since(struct st_store *s, const char *sql, const char *what, co
     return err;
 }
 
-int st_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n)
+static int sq_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n)
 {
-    if (s == NULL || n == NULL || !given(kid, ST_KID_LEN))
+    if (s == NULL || n == NULL || !st_given(kid, ST_KID_LEN))
         return AGW_ERR_BAD_INPUT;
     return count_since(s,
                        "SELECT count(*) FROM orders o JOIN accounts a ON a.id = o.account_id "
@@ -1482,10 +1430,10 @@ int st_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, in
                        "order_count_by_eab", kid, since, n);
 }
 
-int st_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since,
-                             int64_t *n)
+static int sq_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since,
+                                    int64_t *n)
 {
-    if (s == NULL || n == NULL || !given(account_id, ST_ID_LEN))
+    if (s == NULL || n == NULL || !st_given(account_id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
     return count_since(s, "SELECT count(*) FROM certificates WHERE account_id = ? AND issued >= ?",
                        "cert_count_by_account", account_id, since, n);
@@ -1494,14 +1442,6 @@ int st_cert_count_by_account(struct st_store *s, const char *account_id, int64_t
 /* ---------------------------------------------------------------- authorizations */
 
 #define AUTHZ_COLS "id, order_id, account_id, id_type, id_value, status, expires, wildcard"
-
-void st_authz_clear(struct st_authz *a)
-{
-    if (a == NULL)
-        return;
-    free(a->id_value);
-    memset(a, 0, sizeof(*a));
-}
 
 static void authz_clear_v(void *a)
 {
@@ -1529,14 +1469,14 @@ static int authz_row(sqlite3_stmt *st, void *out)
     return err;
 }
 
-int st_authz_get(struct st_store *s, const char *id, struct st_authz *out)
+static int sq_authz_get(struct st_store *s, const char *id, struct st_authz *out)
 {
     char key[ST_ID_LEN];
     int err;
 
-    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
-    copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
+    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
     id = key;
     memset(out, 0, sizeof(*out));
     err = get_by_key(s, "authz_get", "SELECT " AUTHZ_COLS " FROM authorizations WHERE id = ?", id,
@@ -1565,8 +1505,8 @@ static int list_by_key(struct st_store *s, const char *op, const char *sql, cons
     return err;
 }
 
-int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
-                           size_t *n)
+static int sq_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
+                                  size_t *n)
 {
     void *arr = NULL;
     int err;
@@ -1575,7 +1515,7 @@ int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_a
         return AGW_ERR_BAD_INPUT;
     *out = NULL;
     *n = 0;
-    if (s == NULL || !given(order_id, ST_ID_LEN))
+    if (s == NULL || !st_given(order_id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
     /* rowid order is insertion order: the order's authorizations as the client listed them */
     err = list_by_key(s, "authz_list",
@@ -1585,13 +1525,13 @@ int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_a
     return err;
 }
 
-int st_authz_transition(struct st_store *s, const char *id, const char *from, const char *to)
+static int sq_authz_transition(struct st_store *s, const char *id, const char *from, const char *to)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
+    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE authorizations SET status = ? WHERE id = ? AND status = ?", &st,
@@ -1609,14 +1549,6 @@ int st_authz_transition(struct st_store *s, const char *id, const char *from, co
 /* ---------------------------------------------------------------- challenges */
 
 #define CHAL_COLS "id, authz_id, type, token, status, validated, error_json"
-
-void st_challenge_clear(struct st_challenge *c)
-{
-    if (c == NULL)
-        return;
-    free(c->error_json);
-    memset(c, 0, sizeof(*c));
-}
 
 static void chal_clear_v(void *c)
 {
@@ -1643,14 +1575,14 @@ static int chal_row(sqlite3_stmt *st, void *out)
     return err;
 }
 
-int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
+static int sq_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
 {
     char key[ST_ID_LEN];
     int err;
 
-    if (s == NULL || out == NULL || !given(id, ST_ID_LEN))
+    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
-    copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
+    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
     id = key;
     memset(out, 0, sizeof(*out));
     err = get_by_key(s, "challenge_get", "SELECT " CHAL_COLS " FROM challenges WHERE id = ?", id,
@@ -1660,8 +1592,8 @@ int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *ou
     return err;
 }
 
-int st_challenge_list_by_authz(struct st_store *s, const char *authz_id, struct st_challenge **out,
-                               size_t *n)
+static int sq_challenge_list_by_authz(struct st_store *s, const char *authz_id,
+                                      struct st_challenge **out, size_t *n)
 {
     void *arr = NULL;
     int err;
@@ -1670,7 +1602,7 @@ int st_challenge_list_by_authz(struct st_store *s, const char *authz_id, struct 
         return AGW_ERR_BAD_INPUT;
     *out = NULL;
     *n = 0;
-    if (s == NULL || !given(authz_id, ST_ID_LEN))
+    if (s == NULL || !st_given(authz_id, ST_ID_LEN))
         return AGW_ERR_BAD_INPUT;
     err = list_by_key(s, "challenge_list",
                       "SELECT " CHAL_COLS " FROM challenges WHERE authz_id = ? ORDER BY rowid",
@@ -1679,14 +1611,14 @@ int st_challenge_list_by_authz(struct st_store *s, const char *authz_id, struct 
     return err;
 }
 
-int st_challenge_transition(struct st_store *s, const char *id, const char *from, const char *to,
-                            int64_t validated, const char *error_json)
+static int sq_challenge_transition(struct st_store *s, const char *id, const char *from,
+                                   const char *to, int64_t validated, const char *error_json)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
+    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db,
@@ -1711,16 +1643,6 @@ int st_challenge_transition(struct st_store *s, const char *id, const char *from
 #define CERT_COLS                                                                                  \
     "serial, order_id, account_id, class_name, issuer, status, issued, not_before, not_after, "    \
     "revoked_at, reason, identifiers"
-
-void st_cert_clear(struct st_cert *c)
-{
-    if (c == NULL)
-        return;
-    free(c->identifiers);
-    free(c->der);
-    free(c->chain_pem);
-    memset(c, 0, sizeof(*c));
-}
 
 static void cert_clear_v(void *c)
 {
@@ -1779,17 +1701,18 @@ static int cert_row_full(sqlite3_stmt *st, void *out)
 
 static int cert_input_ok(const struct st_cert *c)
 {
-    return given(c->serial, sizeof(c->serial)) && fits(c->order_id, sizeof(c->order_id)) &&
-           fits(c->account_id, sizeof(c->account_id)) &&
-           fits(c->class_name, sizeof(c->class_name)) && given(c->issuer, sizeof(c->issuer)) &&
-           c->der != NULL && c->der_len > 0 && c->der_len <= INT_MAX;
+    return st_given(c->serial, sizeof(c->serial)) && st_fits(c->order_id, sizeof(c->order_id)) &&
+           st_fits(c->account_id, sizeof(c->account_id)) &&
+           st_fits(c->class_name, sizeof(c->class_name)) &&
+           st_given(c->issuer, sizeof(c->issuer)) && c->der != NULL && c->der_len > 0 &&
+           c->der_len <= INT_MAX;
 }
 
 /*
  * The certificate is always recorded "valid", not revoked (c->status, revoked_at and reason are
  * ignored): issuance and revocation are separate, each with its own durable commit.
  */
-int st_cert_issue(struct st_store *s, const struct st_cert *c)
+static int sq_cert_issue(struct st_store *s, const struct st_cert *c)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
@@ -1849,14 +1772,14 @@ unlock:
     return err;
 }
 
-int st_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
+static int sq_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
 {
     char key[ST_SERIAL_LEN];
     int err;
 
-    if (s == NULL || out == NULL || !given(serial, ST_SERIAL_LEN))
+    if (s == NULL || out == NULL || !st_given(serial, ST_SERIAL_LEN))
         return AGW_ERR_BAD_INPUT;
-    copy_str(key, sizeof(key), serial); /* may point into *out, cleared next */
+    st_copy_str(key, sizeof(key), serial); /* may point into *out, cleared next */
     serial = key;
     memset(out, 0, sizeof(*out));
     err = get_by_key(s, "cert_get",
@@ -1876,8 +1799,8 @@ static void sql_add(char *sql, const char *frag)
         memcpy(sql + used, frag, n + 1);
 }
 
-int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_cert **out,
-                 size_t *n)
+static int sq_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_cert **out,
+                        size_t *n)
 {
     char sql[ST_SQL_MAX] = "SELECT " CERT_COLS " FROM certificates WHERE 1";
     sqlite3_stmt *st = NULL;
@@ -1890,7 +1813,7 @@ int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_c
         return AGW_ERR_BAD_INPUT;
     *out = NULL;
     *n = 0;
-    if (s == NULL || f == NULL || (f->class_name != NULL && !fits(f->class_name, ST_NAME_LEN)))
+    if (s == NULL || f == NULL || (f->class_name != NULL && !st_fits(f->class_name, ST_NAME_LEN)))
         return AGW_ERR_BAD_INPUT;
     if (f->status != NULL && strcmp(f->status, "valid") != 0 && strcmp(f->status, "revoked") != 0 &&
         strcmp(f->status, "expired") != 0)
@@ -1938,13 +1861,13 @@ done:
 }
 
 /* RFC 5280 §5.3.1: reasons 0..10 except 7, which is unused. */
-int st_cert_revoke(struct st_store *s, const char *serial, int reason, int64_t now)
+static int sq_cert_revoke(struct st_store *s, const char *serial, int reason, int64_t now)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !given(serial, ST_SERIAL_LEN) || reason < 0 || reason > 10 || reason == 7 ||
+    if (s == NULL || !st_given(serial, ST_SERIAL_LEN) || reason < 0 || reason > 10 || reason == 7 ||
         now <= 0)
         return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
@@ -1976,8 +1899,8 @@ static int revoked_row(sqlite3_stmt *st, void *out)
     return col_fixed(st, 0, r->serial, sizeof(r->serial));
 }
 
-int st_revoked_list(struct st_store *s, const char *issuer, int64_t since, struct st_revoked **out,
-                    size_t *n)
+static int sq_revoked_list(struct st_store *s, const char *issuer, int64_t since,
+                           struct st_revoked **out, size_t *n)
 {
     sqlite3_stmt *st = NULL;
     void *arr = NULL;
@@ -1989,7 +1912,7 @@ int st_revoked_list(struct st_store *s, const char *issuer, int64_t since, struc
         return AGW_ERR_BAD_INPUT;
     *out = NULL;
     *n = 0;
-    if (s == NULL || !given(issuer, ST_NAME_LEN))
+    if (s == NULL || !st_given(issuer, ST_NAME_LEN))
         return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = prep(db,
@@ -2007,13 +1930,13 @@ int st_revoked_list(struct st_store *s, const char *issuer, int64_t since, struc
     return err;
 }
 
-int st_crl_next_number(struct st_store *s, const char *issuer, uint64_t *number)
+static int sq_crl_next_number(struct st_store *s, const char *issuer, uint64_t *number)
 {
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int rc, err;
 
-    if (s == NULL || number == NULL || !given(issuer, ST_NAME_LEN))
+    if (s == NULL || number == NULL || !st_given(issuer, ST_NAME_LEN))
         return AGW_ERR_BAD_INPUT;
     *number = 0;
     db = wr_lock(s);
@@ -2053,7 +1976,7 @@ static int issuer_int(struct st_store *s, const char *sql, const char *op, const
     int rc, err;
 
     *out = 0;
-    if (s == NULL || !given(issuer, ST_NAME_LEN))
+    if (s == NULL || !st_given(issuer, ST_NAME_LEN))
         return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = prep(db, sql, &st, op);
@@ -2071,7 +1994,7 @@ static int issuer_int(struct st_store *s, const char *sql, const char *op, const
     return err;
 }
 
-int st_crl_number(struct st_store *s, const char *issuer, uint64_t *number)
+static int sq_crl_number(struct st_store *s, const char *issuer, uint64_t *number)
 {
     int64_t v = 0;
     int err;
@@ -2084,7 +2007,7 @@ int st_crl_number(struct st_store *s, const char *issuer, uint64_t *number)
     return err;
 }
 
-int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker)
+static int sq_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker)
 {
     if (marker == NULL)
         return AGW_ERR_BAD_INPUT;
@@ -2094,7 +2017,7 @@ int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker
                       "revocation_marker", issuer, marker);
 }
 
-int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int *found)
+static int sq_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int *found)
 {
     sqlite3_stmt *st = NULL;
     size_t slot;
@@ -2104,7 +2027,7 @@ int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int
     if (found == NULL)
         return AGW_ERR_BAD_INPUT;
     *found = 0;
-    if (s == NULL || !given(cert_id, sizeof(((struct st_order *)0)->replaces)))
+    if (s == NULL || !st_given(cert_id, sizeof(((struct st_order *)0)->replaces)))
         return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = prep(db,
@@ -2124,3 +2047,42 @@ int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int
     rd_put(s, slot);
     return err;
 }
+
+const struct st_ops st_sqlite_ops = {
+    .driver = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .schema_version = sq_schema_version,
+    .eab_create = sq_eab_create,
+    .eab_get = sq_eab_get,
+    .eab_list = sq_eab_list,
+    .eab_revoke = sq_eab_revoke,
+    .account_create = sq_account_create,
+    .account_get = sq_account_get,
+    .account_by_thumbprint = sq_account_by_thumbprint,
+    .account_set_contact = sq_account_set_contact,
+    .account_deactivate = sq_account_deactivate,
+    .account_set_key = sq_account_set_key,
+    .order_create = sq_order_create,
+    .order_get = sq_order_get,
+    .order_ids_by_account = sq_order_ids_by_account,
+    .order_replacing = sq_order_replacing,
+    .order_transition = sq_order_transition,
+    .order_count = sq_order_count,
+    .order_count_by_eab = sq_order_count_by_eab,
+    .cert_count_by_account = sq_cert_count_by_account,
+    .authz_get = sq_authz_get,
+    .authz_list_by_order = sq_authz_list_by_order,
+    .authz_transition = sq_authz_transition,
+    .challenge_get = sq_challenge_get,
+    .challenge_list_by_authz = sq_challenge_list_by_authz,
+    .challenge_transition = sq_challenge_transition,
+    .cert_issue = sq_cert_issue,
+    .cert_get = sq_cert_get,
+    .cert_list = sq_cert_list,
+    .cert_revoke = sq_cert_revoke,
+    .revoked_list = sq_revoked_list,
+    .crl_next_number = sq_crl_next_number,
+    .crl_number = sq_crl_number,
+    .revocation_marker = sq_revocation_marker,
+};

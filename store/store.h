@@ -2,11 +2,12 @@
  * store/store.h - everything acmegw remembers: EAB keys, accounts, orders, authorizations,
  * challenges, certificates, revocations, CRL numbers.
  *
- * SQLite is the embedded default (store/sqlite.c); a later issue adds PostgreSQL behind this same
- * API, so no SQL lives outside store/. All functions are thread-safe: writes are serialised
- * in-process (notes §4), reads may run in parallel. Any commit that records an issued certificate
- * runs with synchronous=FULL. Calls may block on disk: call them from worker threads, never from an
- * event loop.
+ * SQLite is the embedded default (store/sqlite.c); PostgreSQL (store/postgres.c) sits behind this
+ * same API, selected by st_open_config(); store/store.c dispatches, so no SQL lives outside
+ * store/. All functions are thread-safe: writes are serialised in-process (notes §4), reads may
+ * run in parallel. Any commit that records an issued certificate runs with synchronous=FULL
+ * (SQLite) or synchronous_commit=on (PostgreSQL). Calls may block on disk or network: call them
+ * from worker threads, never from an event loop.
  *
  * Records are flat structs. Fixed-size char arrays are NUL-terminated; `char *` members are owned
  * by the record and released by its st_*_clear() function. State fields hold the RFC 8555 words
@@ -42,6 +43,25 @@ struct st_store; /* opaque */
  *   *out      owned by the caller: st_close().
  */
 int st_open(const char *path, const unsigned char seal_key[32], struct st_store **out);
+
+/* Which backend, and where its data is. All members borrowed: read during st_open_config only. */
+struct st_config {
+    const char *driver;   /* "sqlite" (NULL or "" mean this too) or "postgresql" */
+    const char *path;     /* sqlite: the database file */
+    const char *conninfo; /* postgresql: a libpq connection string; may hold the password, so it
+                           * is never logged and never passed on a command line */
+};
+
+/*
+ * Opens the backend cfg->driver names and applies its migrations, as st_open() does for SQLite.
+ * PostgreSQL: a small pool of connections (one per concurrent caller), migrations under an
+ * advisory lock so that instances starting together apply each once, every commit with
+ * synchronous_commit=on. Same semantics and error codes as SQLite for every function below.
+ * Returns AGW_ERR_BAD_INPUT for an unknown driver or a missing path / conninfo.
+ *   seal_key, *out  as in st_open().
+ */
+int st_open_config(const struct st_config *cfg, const unsigned char seal_key[32],
+                   struct st_store **out);
 void st_close(struct st_store *s); /* accepts NULL */
 /* Schema version after migrations (for tests and `acmegw-admin`). */
 int st_schema_version(struct st_store *s, int *version);

@@ -1,0 +1,319 @@
+/*
+ * store/store.c - backend dispatch for store/store.h, and the parts every backend shares.
+ *
+ * st_open_config() picks the backend by cfg->driver; the handle it returns starts with a struct
+ * st_store holding that backend's ops table (store/internal.h), and every public st_* function
+ * forwards to it. The table is the whole backend contract: a new backend fills one in and is
+ * tested by the same tests/unit/test_store.c functions as SQLite.
+ *
+ * A NULL handle is forwarded to the SQLite functions, which, like every backend, check their
+ * arguments before touching the handle: out-parameters are reset and AGW_ERR_BAD_INPUT comes
+ * back exactly as before the dispatch existed.
+ */
+#include "store/store.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "store/internal.h"
+
+#define ST_RAW_ID_LEN 16 /* st_random_id: 128 bits */
+
+static const struct st_ops *const backends[] = {&st_sqlite_ops};
+
+int st_open_config(const struct st_config *cfg, const unsigned char seal_key[32],
+                   struct st_store **out)
+{
+    const char *driver;
+
+    if (out == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    if (cfg == NULL || seal_key == NULL)
+        return AGW_ERR_BAD_INPUT;
+    driver = cfg->driver != NULL && cfg->driver[0] != '\0' ? cfg->driver : "sqlite";
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+        if (strcmp(backends[i]->driver, driver) == 0)
+            return backends[i]->open(cfg, seal_key, out);
+    LOG_ERROR("store.open", "error=unknown_driver driver=%s", driver);
+    return AGW_ERR_BAD_INPUT;
+}
+
+int st_open(const char *path, const unsigned char seal_key[32], struct st_store **out)
+{
+    struct st_config cfg = {.driver = "sqlite", .path = path, .conninfo = NULL};
+
+    return st_open_config(&cfg, seal_key, out);
+}
+
+static const struct st_ops *ops_of(struct st_store *s)
+{
+    return s != NULL ? s->ops : &st_sqlite_ops;
+}
+
+void st_close(struct st_store *s)
+{
+    if (s != NULL)
+        s->ops->close(s);
+}
+
+int st_schema_version(struct st_store *s, int *version)
+{
+    return ops_of(s)->schema_version(s, version);
+}
+
+int st_eab_create(struct st_store *s, const char *class_name, int64_t now, struct st_eab *out,
+                  unsigned char hmac_out[32])
+{
+    return ops_of(s)->eab_create(s, class_name, now, out, hmac_out);
+}
+
+int st_eab_get(struct st_store *s, const char *kid, struct st_eab *out, unsigned char *hmac,
+               size_t *hmac_len)
+{
+    return ops_of(s)->eab_get(s, kid, out, hmac, hmac_len);
+}
+
+int st_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
+{
+    return ops_of(s)->eab_list(s, out, n);
+}
+
+int st_eab_revoke(struct st_store *s, const char *kid, int64_t now)
+{
+    return ops_of(s)->eab_revoke(s, kid, now);
+}
+
+int st_account_create(struct st_store *s, struct st_account *a, char existing_id[ST_ID_LEN])
+{
+    return ops_of(s)->account_create(s, a, existing_id);
+}
+
+int st_account_get(struct st_store *s, const char *id, struct st_account *out)
+{
+    return ops_of(s)->account_get(s, id, out);
+}
+
+int st_account_by_thumbprint(struct st_store *s, const char *thumbprint, struct st_account *out)
+{
+    return ops_of(s)->account_by_thumbprint(s, thumbprint, out);
+}
+
+int st_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
+{
+    return ops_of(s)->account_set_contact(s, id, contact_json);
+}
+
+int st_account_deactivate(struct st_store *s, const char *id)
+{
+    return ops_of(s)->account_deactivate(s, id);
+}
+
+int st_account_set_key(struct st_store *s, const char *id, const char *thumbprint,
+                       const char *jwk_json)
+{
+    return ops_of(s)->account_set_key(s, id, thumbprint, jwk_json);
+}
+
+int st_order_create(struct st_store *s, struct st_order *o, struct st_authz *authz, size_t n_authz,
+                    struct st_new_challenge *chal, size_t n_chal)
+{
+    return ops_of(s)->order_create(s, o, authz, n_authz, chal, n_chal);
+}
+
+int st_order_get(struct st_store *s, const char *id, struct st_order *out)
+{
+    return ops_of(s)->order_get(s, id, out);
+}
+
+int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t max,
+                            char (**ids)[ST_ID_LEN], size_t *n)
+{
+    return ops_of(s)->order_ids_by_account(s, account_id, max, ids, n);
+}
+
+int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int *found)
+{
+    return ops_of(s)->order_replacing(s, cert_id, now, found);
+}
+
+int st_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
+                        const char *error_json)
+{
+    return ops_of(s)->order_transition(s, id, from, to, error_json);
+}
+
+int st_order_count(struct st_store *s, const char *account_id, const char *status, int64_t since,
+                   int64_t *n)
+{
+    return ops_of(s)->order_count(s, account_id, status, since, n);
+}
+
+int st_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n)
+{
+    return ops_of(s)->order_count_by_eab(s, kid, since, n);
+}
+
+int st_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since, int64_t *n)
+{
+    return ops_of(s)->cert_count_by_account(s, account_id, since, n);
+}
+
+int st_authz_get(struct st_store *s, const char *id, struct st_authz *out)
+{
+    return ops_of(s)->authz_get(s, id, out);
+}
+
+int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
+                           size_t *n)
+{
+    return ops_of(s)->authz_list_by_order(s, order_id, out, n);
+}
+
+int st_authz_transition(struct st_store *s, const char *id, const char *from, const char *to)
+{
+    return ops_of(s)->authz_transition(s, id, from, to);
+}
+
+int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
+{
+    return ops_of(s)->challenge_get(s, id, out);
+}
+
+int st_challenge_list_by_authz(struct st_store *s, const char *authz_id, struct st_challenge **out,
+                               size_t *n)
+{
+    return ops_of(s)->challenge_list_by_authz(s, authz_id, out, n);
+}
+
+int st_challenge_transition(struct st_store *s, const char *id, const char *from, const char *to,
+                            int64_t validated, const char *error_json)
+{
+    return ops_of(s)->challenge_transition(s, id, from, to, validated, error_json);
+}
+
+int st_cert_issue(struct st_store *s, const struct st_cert *c)
+{
+    return ops_of(s)->cert_issue(s, c);
+}
+
+int st_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
+{
+    return ops_of(s)->cert_get(s, serial, out);
+}
+
+int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_cert **out,
+                 size_t *n)
+{
+    return ops_of(s)->cert_list(s, f, out, n);
+}
+
+int st_cert_revoke(struct st_store *s, const char *serial, int reason, int64_t now)
+{
+    return ops_of(s)->cert_revoke(s, serial, reason, now);
+}
+
+int st_revoked_list(struct st_store *s, const char *issuer, int64_t since, struct st_revoked **out,
+                    size_t *n)
+{
+    return ops_of(s)->revoked_list(s, issuer, since, out, n);
+}
+
+int st_crl_next_number(struct st_store *s, const char *issuer, uint64_t *number)
+{
+    return ops_of(s)->crl_next_number(s, issuer, number);
+}
+
+int st_crl_number(struct st_store *s, const char *issuer, uint64_t *number)
+{
+    return ops_of(s)->crl_number(s, issuer, number);
+}
+
+int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker)
+{
+    return ops_of(s)->revocation_marker(s, issuer, marker);
+}
+
+/* ---------------------------------------------------------------- shared by all backends */
+
+int st_random_id(char *buf, size_t len)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char raw[ST_RAW_ID_LEN];
+    size_t o = 0;
+
+    if (buf == NULL || len < ST_ID_LEN)
+        return AGW_ERR_BAD_INPUT;
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        LOG_ERROR("store.random_id", "error=RAND_bytes");
+        return AGW_ERR_INTERNAL;
+    }
+    /* base64url without padding (RFC 4648 §5): 16 bytes -> 22 characters. */
+    for (size_t i = 0; i < sizeof(raw); i += 3) {
+        uint32_t v = (uint32_t)raw[i] << 16;
+        size_t left = sizeof(raw) - i;
+
+        if (left > 1)
+            v |= (uint32_t)raw[i + 1] << 8;
+        if (left > 2)
+            v |= raw[i + 2];
+        buf[o++] = alphabet[(v >> 18) & 63];
+        buf[o++] = alphabet[(v >> 12) & 63];
+        if (left > 1)
+            buf[o++] = alphabet[(v >> 6) & 63];
+        if (left > 2)
+            buf[o++] = alphabet[v & 63];
+    }
+    buf[o] = '\0';
+    return 0;
+}
+
+void st_account_clear(struct st_account *a)
+{
+    if (a == NULL)
+        return;
+    free(a->jwk_json);
+    free(a->contact_json);
+    memset(a, 0, sizeof(*a));
+}
+
+void st_order_clear(struct st_order *o)
+{
+    if (o == NULL)
+        return;
+    free(o->identifiers_json);
+    free(o->error_json);
+    memset(o, 0, sizeof(*o));
+}
+
+void st_authz_clear(struct st_authz *a)
+{
+    if (a == NULL)
+        return;
+    free(a->id_value);
+    memset(a, 0, sizeof(*a));
+}
+
+void st_challenge_clear(struct st_challenge *c)
+{
+    if (c == NULL)
+        return;
+    free(c->error_json);
+    memset(c, 0, sizeof(*c));
+}
+
+void st_cert_clear(struct st_cert *c)
+{
+    if (c == NULL)
+        return;
+    free(c->identifiers);
+    free(c->der);
+    free(c->chain_pem);
+    memset(c, 0, sizeof(*c));
+}
