@@ -248,7 +248,7 @@ profiles:
     key_usage: [digitalSignature]
     key_usage_rsa: [keyEncipherment]
     extended_key_usage: [serverAuth, clientAuth]
-    crl_urls: [http://127.0.0.1:$CRL_PORT/crl/issuing-ca-1.crl]
+    # no crl_urls: the CDP comes from crl_url_base in the config, which follows ACMEGW_PORT
 POL
     for f in devices web-servers lab; do
         cp "$ROOT/examples/policy.d/$f.yaml" "$STATE/policy.d/$f.yaml"
