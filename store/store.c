@@ -24,7 +24,7 @@
 
 #define ST_RAW_ID_LEN 16 /* st_random_id: 128 bits */
 
-static const struct st_ops *const backends[] = {&st_sqlite_ops};
+static const struct st_ops *const backends[] = {&st_sqlite_ops, &st_postgres_ops};
 
 int st_open_config(const struct st_config *cfg, const unsigned char seal_key[32],
                    struct st_store **out)

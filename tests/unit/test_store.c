@@ -1,8 +1,12 @@
 /*
- * tests/unit/test_store.c - store/sqlite.c and store/seal.c against a real SQLite file: schema
- * migrations, file modes, sealed EAB keys, account/order/certificate lifecycles, conditional
- * transitions, input bounds, concurrent writers, and durability of acknowledged commits across
- * kill -9.
+ * tests/unit/test_store.c - store/ against a real SQLite file: schema migrations, file modes,
+ * sealed EAB keys, account/order/certificate lifecycles, conditional transitions, input bounds,
+ * concurrent writers, and durability of acknowledged commits across kill -9.
+ *
+ * With ACMEGW_TEST_PG_CONNINFO set (a libpq key=value string for a server where that role may
+ * CREATE DATABASE), the backend-neutral tests run a second time against store/postgres.c, each
+ * in a fresh database acmegw_test_<pid>_<n> dropped at the end, plus PostgreSQL-only tests: two
+ * stores racing to finalize one order, and two processes migrating one fresh database at once.
  */
 #define _GNU_SOURCE /* memmem() */
 
@@ -25,27 +29,84 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #define NOW ((int64_t)1767225600) /* 2026-01-01 */
 
 static char tmp[4096];
 
+/* PostgreSQL pass: the maintenance conninfo, and the databases made so far (dropped in main). */
+static const char *pg_base;
+static int use_pg;
+#define MAX_PG_DBS 32
+static char pg_dbs[MAX_PG_DBS][64];
+static int n_pg_dbs;
+
 struct fixture {
-    char db[4200];
+    char db[4200]; /* SQLite: the file; PostgreSQL: the conninfo of the test's database */
     char key_path[4200];
     unsigned char key[32];
     struct st_store *s;
 };
 
+/* Runs fixed SQL on a new connection to conninfo; 0 if it succeeded. */
+static int pg_exec_raw(const char *conninfo, const char *sql)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    PGresult *r = NULL;
+    int ok = 0;
+
+    if (PQstatus(c) == CONNECTION_OK) {
+        r = PQexec(c, sql);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (!ok)
+            fprintf(stderr, "postgresql: %s", PQerrorMessage(c));
+    } else {
+        fprintf(stderr, "postgresql: %s", PQerrorMessage(c));
+    }
+    PQclear(r);
+    PQfinish(c);
+    return ok ? 0 : -1;
+}
+
+/* A fresh, empty database; its conninfo (pg_base plus dbname) goes into out. */
+static int pg_create_db(const char *name, char *out, size_t out_size)
+{
+    char sql[256];
+
+    if (n_pg_dbs >= MAX_PG_DBS)
+        return -1;
+    snprintf(pg_dbs[n_pg_dbs], sizeof(pg_dbs[0]), "acmegw_test_%ld_%d_%.16s", (long)getpid(),
+             n_pg_dbs, name);
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s", pg_dbs[n_pg_dbs]);
+    if (pg_exec_raw(pg_base, sql) != 0)
+        return -1;
+    snprintf(out, out_size, "%s dbname=%s", pg_base, pg_dbs[n_pg_dbs]);
+    n_pg_dbs++;
+    return 0;
+}
+
+/* st_open() for the backend under test: db is a file path or a conninfo. */
+static int store_open(const char *db, const unsigned char key[32], struct st_store **out)
+{
+    struct st_config cfg = {.driver = "postgresql", .path = NULL, .conninfo = db};
+
+    if (!use_pg)
+        return st_open(db, key, out);
+    return st_open_config(&cfg, key, out);
+}
+
 static int fixture_open(struct fixture *fx, const char *name)
 {
     snprintf(fx->db, sizeof(fx->db), "%s/%s.db", tmp, name);
-    snprintf(fx->key_path, sizeof(fx->key_path), "%s/%s.key", tmp, name);
+    snprintf(fx->key_path, sizeof(fx->key_path), "%s/%s%s.key", tmp, name, use_pg ? "-pg" : "");
     fx->s = NULL;
     if (st_seal_key_load(fx->key_path, 1, fx->key) != 0)
         return -1;
-    return st_open(fx->db, fx->key, &fx->s);
+    if (use_pg && pg_create_db(name, fx->db, sizeof(fx->db)) != 0)
+        return -1;
+    return store_open(fx->db, fx->key, &fx->s);
 }
 
 static double now_s(void)
@@ -63,6 +124,16 @@ static long long query_int(const char *db_path, const char *sql)
     sqlite3_stmt *st = NULL;
     long long v = -1;
 
+    if (use_pg) {
+        PGconn *c = PQconnectdb(db_path);
+        PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+            v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        PQfinish(c);
+        return v;
+    }
     if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
         sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         v = sqlite3_column_int64(st, 0);
@@ -71,11 +142,15 @@ static long long query_int(const char *db_path, const char *sql)
     return v;
 }
 
+/* SQLITE_OK if it ran, on either backend. */
 static int exec_raw(const char *db_path, const char *sql)
 {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL);
+    int rc;
 
+    if (use_pg)
+        return pg_exec_raw(db_path, sql) == 0 ? SQLITE_OK : SQLITE_ERROR;
+    rc = sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
     sqlite3_close(db);
@@ -214,7 +289,7 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
               1);
 
     /* an existing, up-to-date database: opens, nothing re-applied */
-    CHECK_INT(st_open(fx.db, fx.key, &fx.s), 0);
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     v = -1;
     CHECK_INT(st_schema_version(fx.s, &v), 0);
     CHECK_INT(v, 3);
@@ -226,7 +301,7 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
-    CHECK_INT(st_open(fx.db, fx.key, &fx.s), 0);
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
     CHECK_INT(v, 3);
     st_close(fx.s);
@@ -237,7 +312,7 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     /* a database from a newer binary is refused, not half-used */
     CHECK_INT(exec_raw(fx.db, "INSERT INTO schema_migrations VALUES (99, 0)"), SQLITE_OK);
     fx.s = NULL;
-    CHECK_INT(st_open(fx.db, fx.key, &fx.s), AGW_ERR_STORE);
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), AGW_ERR_STORE);
     CHECK(fx.s == NULL);
 }
 
@@ -345,14 +420,20 @@ static void eab_keys_are_sealed_and_round_trip(void)
     st_close(fx.s);
 
     /* On disk: the kid is there in clear (so the search works), the HMAC key is not. */
-    CHECK(db_contains(fx.db, e1.kid, strlen(e1.kid)));
-    CHECK(!db_contains(fx.db, h1, sizeof(h1)));
-    CHECK(!db_contains(fx.db, h2, sizeof(h2)));
+    if (!use_pg) {
+        CHECK(db_contains(fx.db, e1.kid, strlen(e1.kid)));
+        CHECK(!db_contains(fx.db, h1, sizeof(h1)));
+        CHECK(!db_contains(fx.db, h2, sizeof(h2)));
+    } else {
+        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM eab_keys WHERE "
+                                   "length(hmac_sealed) = 61"), /* 32 + version, IV, tag */
+                  2);
+    }
 
     /* Another seal key: an error, never garbage bytes. */
     memcpy(wrong_key, fx.key, 32);
     wrong_key[0] ^= 1;
-    CHECK_INT(st_open(fx.db, wrong_key, &fx.s), 0);
+    CHECK_INT(store_open(fx.db, wrong_key, &fx.s), 0);
     memset(hmac, 0xAA, sizeof(hmac));
     hmac_len = 99;
     CHECK_INT(st_eab_get(fx.s, e2.kid, &got, hmac, &hmac_len), AGW_ERR_STORE);
@@ -366,7 +447,7 @@ static void eab_keys_are_sealed_and_round_trip(void)
              "WHERE kid='%s'",
              e1.kid, e2.kid);
     CHECK_INT(exec_raw(fx.db, sql), SQLITE_OK);
-    CHECK_INT(st_open(fx.db, fx.key, &fx.s), 0);
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_eab_get(fx.s, e1.kid, &got, hmac, &hmac_len), 0);
     CHECK_INT(st_eab_get(fx.s, e2.kid, &got, hmac, &hmac_len), AGW_ERR_STORE);
     st_close(fx.s);
@@ -972,7 +1053,7 @@ static void kill9_child(const char *db, const unsigned char key[32], const char 
     static const unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x01};
     struct st_store *s = NULL;
 
-    if (st_open(db, key, &s) != 0)
+    if (store_open(db, key, &s) != 0)
         _exit(2);
     for (unsigned i = 0;; i++) {
         struct st_order o;
@@ -1056,7 +1137,7 @@ static void kill9_loses_no_acknowledged_certificate(void)
             "(4 commits each)\n",
             n, (double)KILL_AFTER / dt);
 
-    CHECK_INT(st_open(fx.db, fx.key, &fx.s), 0);
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     for (size_t i = 0; fx.s != NULL && i < n; i++) {
         struct st_cert c;
         struct st_order o;
@@ -1081,6 +1162,215 @@ static void kill9_loses_no_acknowledged_certificate(void)
     free(acks);
 }
 
+/* ---------------------------------------------------------------- PostgreSQL only */
+
+/* Child: waits for the parent's go (the pipe closing), opens the store, exits 0 on success. */
+static void migrate_child(const char *conninfo, const unsigned char key[32], int go_fd)
+{
+    struct st_store *s = NULL;
+    char c;
+    int v = 0;
+
+    (void)read(go_fd, &c, 1); /* EOF: all children are waiting, go */
+    if (store_open(conninfo, key, &s) != 0)
+        _exit(2);
+    if (st_schema_version(s, &v) != 0 || v != 3)
+        _exit(3);
+    st_close(s);
+    _exit(0);
+}
+
+static void pg_concurrent_migrations_apply_once(void)
+{
+    enum { N_PROCS = 4, N_ROUNDS = 3 };
+    struct fixture fx;
+    int v = -1;
+
+    for (int round = 0; round < N_ROUNDS; round++) {
+        char name[32];
+        pid_t pids[N_PROCS];
+        int go[2], n_ok = 0;
+
+        snprintf(name, sizeof(name), "migrate%d", round);
+        snprintf(fx.key_path, sizeof(fx.key_path), "%s/%s-pg.key", tmp, name);
+        CHECK_INT(st_seal_key_load(fx.key_path, 1, fx.key), 0);
+        CHECK_INT(pg_create_db(name, fx.db, sizeof(fx.db)), 0); /* empty: nothing migrated */
+        CHECK_INT(pipe(go), 0);
+        for (int i = 0; i < N_PROCS; i++) {
+            pids[i] = fork();
+            if (pids[i] == 0) {
+                close(go[1]);
+                migrate_child(fx.db, fx.key, go[0]);
+            }
+        }
+        close(go[0]);
+        usleep(100000); /* let every child reach its read() */
+        close(go[1]);
+        for (int i = 0; i < N_PROCS; i++) {
+            int status = 0;
+
+            if (pids[i] > 0 && waitpid(pids[i], &status, 0) == pids[i] && WIFEXITED(status) &&
+                WEXITSTATUS(status) == 0)
+                n_ok++;
+        }
+        CHECK_INT(n_ok, N_PROCS);
+        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
+        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 3);
+    }
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM information_schema.tables WHERE "
+                               "table_schema = 'public' AND table_name IN ('eab_keys','accounts',"
+                               "'orders','authorizations','challenges','certificates',"
+                               "'crl_numbers')"),
+              7);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM pg_indexes WHERE "
+                               "indexname = 'certificates_issued'"),
+              1);
+
+    /* up to date: opens, nothing re-applied */
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
+    CHECK_INT(st_schema_version(fx.s, &v), 0);
+    CHECK_INT(v, 3);
+    st_close(fx.s);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
+
+    /* a database from only migration 1 gets migrations 2 and 3 */
+    CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
+                              "DELETE FROM schema_migrations WHERE version >= 2"),
+              SQLITE_OK);
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
+    st_close(fx.s);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM pg_indexes WHERE "
+                               "indexname = 'certificates_issued'"),
+              1);
+
+    /* a database from a newer binary is refused */
+    CHECK_INT(exec_raw(fx.db, "INSERT INTO schema_migrations VALUES (99, 0)"), SQLITE_OK);
+    fx.s = NULL;
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), AGW_ERR_STORE);
+    CHECK(fx.s == NULL);
+}
+
+#define N_RACES 30
+
+struct racer {
+    struct st_store *s; /* its own store: as a second gateway instance would have */
+    pthread_barrier_t *barrier;
+    const char (*order_ids)[ST_ID_LEN];
+    const char *account_id;
+    int index;
+    int n_transitioned, n_issued;
+    int bad_err; /* a result other than 0 or AGW_ERR_CONFLICT */
+};
+
+static void *racer_run(void *arg)
+{
+    static const unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x02};
+    struct racer *r = arg;
+
+    for (int i = 0; i < N_RACES; i++) {
+        struct st_cert c;
+        char serial[ST_SERIAL_LEN];
+        int err;
+
+        pthread_barrier_wait(r->barrier); /* both finalize at once: §7.4 ready -> processing */
+        err = st_order_transition(r->s, r->order_ids[i], "ready", "processing", NULL);
+        if (err == 0)
+            r->n_transitioned++;
+        else if (err != AGW_ERR_CONFLICT)
+            r->bad_err = err;
+        pthread_barrier_wait(r->barrier); /* both record a certificate for the order at once */
+        snprintf(serial, sizeof(serial), "%02x%04x", r->index + 0x10, (unsigned)i);
+        make_cert(&c, serial, r->order_ids[i], r->account_id, "sensor", "a.example", NOW + 86400,
+                  der, sizeof(der));
+        err = st_cert_issue(r->s, &c);
+        if (err == 0)
+            r->n_issued++;
+        else if (err != AGW_ERR_CONFLICT)
+            r->bad_err = err;
+    }
+    return NULL;
+}
+
+static void pg_two_instances_finalizing_one_order_race(void)
+{
+    static char order_ids[N_RACES][ST_ID_LEN];
+    struct racer rc[2];
+    pthread_t th[2];
+    pthread_barrier_t barrier;
+    struct fixture fx;
+    struct st_store *s2 = NULL;
+    struct st_account a;
+    int won_once = 0, issued_once = 0;
+
+    CHECK_INT(fixture_open(&fx, "race"), 0);
+    CHECK_INT(store_open(fx.db, fx.key, &s2), 0);
+    make_account(&a, "thumb-R", "");
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    for (int i = 0; i < N_RACES; i++) {
+        struct st_order o;
+        struct st_authz az[2];
+        struct st_new_challenge ch[2];
+
+        CHECK_INT(make_order(fx.s, a.id, &o, az, ch), 0);
+        CHECK_INT(st_order_transition(fx.s, o.id, "pending", "ready", NULL), 0);
+        memcpy(order_ids[i], o.id, ST_ID_LEN);
+    }
+    CHECK_INT(pthread_barrier_init(&barrier, NULL, 2), 0);
+    for (int i = 0; i < 2; i++) {
+        memset(&rc[i], 0, sizeof(rc[i]));
+        rc[i].s = i == 0 ? fx.s : s2;
+        rc[i].barrier = &barrier;
+        rc[i].order_ids = (const char(*)[ST_ID_LEN])order_ids;
+        rc[i].account_id = a.id;
+        rc[i].index = i;
+        CHECK_INT(pthread_create(&th[i], NULL, racer_run, &rc[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&barrier);
+    CHECK_INT(rc[0].bad_err, 0);
+    CHECK_INT(rc[1].bad_err, 0);
+    CHECK_INT(rc[0].n_transitioned + rc[1].n_transitioned, N_RACES); /* one winner per order */
+    CHECK_INT(rc[0].n_issued + rc[1].n_issued, N_RACES);             /* one certificate each */
+    for (int i = 0; i < N_RACES; i++) {
+        struct st_order o;
+        char sql[2048];
+
+        if (st_order_get(fx.s, order_ids[i], &o) == 0 && strcmp(o.status, "valid") == 0)
+            won_once++;
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM certificates WHERE order_id = '%s' AND serial = '%s'",
+                 order_ids[i], o.cert_serial);
+        if (query_int(fx.db, sql) == 1)
+            issued_once++;
+        st_order_clear(&o);
+    }
+    CHECK_INT(won_once, N_RACES);
+    CHECK_INT(issued_once, N_RACES);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM certificates"), N_RACES);
+    fprintf(stderr, "store: %d finalize races, transitions won %d/%d, issued %d/%d\n", N_RACES,
+            rc[0].n_transitioned, rc[1].n_transitioned, rc[0].n_issued, rc[1].n_issued);
+    st_close(s2);
+    st_close(fx.s);
+}
+
+static void pg_bad_conninfo_is_a_store_error(void)
+{
+    struct st_config cfg = {.driver = "postgresql", .path = NULL, .conninfo = NULL};
+    struct st_store *s = (struct st_store *)&cfg;
+    unsigned char key[32] = {0};
+    char bad[4400];
+
+    CHECK_INT(st_open_config(&cfg, key, &s), AGW_ERR_BAD_INPUT);
+    CHECK(s == NULL);
+    snprintf(bad, sizeof(bad), "%s dbname=acmegw_test_does_not_exist", pg_base);
+    cfg.conninfo = bad;
+    CHECK_INT(st_open_config(&cfg, key, &s), AGW_ERR_STORE);
+    CHECK(s == NULL);
+    cfg.driver = "oracle";
+    CHECK_INT(st_open_config(&cfg, key, &s), AGW_ERR_BAD_INPUT);
+}
+
 int main(void)
 {
     if (tl_tmpdir(tmp, sizeof(tmp)) != 0) {
@@ -1100,6 +1390,31 @@ int main(void)
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(kill9_loses_no_acknowledged_certificate);
+
+    pg_base = getenv("ACMEGW_TEST_PG_CONNINFO");
+    if (pg_base != NULL && pg_base[0] != '\0') {
+        fprintf(stderr, "--- the same tests against PostgreSQL\n");
+        use_pg = 1;
+        RUN(eab_keys_are_sealed_and_round_trip);
+        RUN(accounts_lifecycle);
+        RUN(orders_authz_challenges);
+        RUN(certificates_issue_revoke_list);
+        RUN(quota_counts_and_single_use_eab);
+        RUN(overlong_inputs_are_refused_and_write_nothing);
+        RUN(concurrent_account_creation);
+        RUN(kill9_loses_no_acknowledged_certificate);
+        RUN(pg_concurrent_migrations_apply_once);
+        RUN(pg_two_instances_finalizing_one_order_race);
+        RUN(pg_bad_conninfo_is_a_store_error);
+        for (int i = 0; i < n_pg_dbs; i++) {
+            char sql[4096];
+
+            snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", pg_dbs[i]);
+            CHECK_INT(pg_exec_raw(pg_base, sql), 0);
+        }
+    } else {
+        fprintf(stderr, "--- PostgreSQL: ACMEGW_TEST_PG_CONNINFO not set, SQLite only\n");
+    }
     tl_rmtree(tmp);
     return CHECK_DONE();
 }
