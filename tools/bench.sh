@@ -9,7 +9,7 @@
 # BENCH_DURATION (seconds per issue run, default 10), BENCH_NONCE_DURATION (default 5),
 # BENCH_CONCURRENCY (default "1 8 32 512"), BENCH_PERF=0 to skip the perf profile,
 # BENCH_DOC (default docs/performance.md; BENCH_DOC=- writes no doc), BENCH_KEEP=1 keeps the
-# temporary directory, BENCH_NO_INSTALL=1 never runs apt-get.
+# temporary directory, BENCH_NO_INSTALL=1 never runs apt-get, BENCH_NO_BUILD=1 skips the build.
 #
 # What runs: a fresh quickstart state in a temporary directory (token, CA, TLS certificate, EAB
 # key) and the gateway on a free loopback port; Debian's pebble on another port with EAB required,
@@ -67,8 +67,14 @@ s.close()'
 install_missing pebble
 [ "${BENCH_PERF:-1}" = 1 ] && { install_missing linux-perf || BENCH_PERF=0; }
 log "release build in $BUILD"
-[ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" "$ROOT" -Dbuildtype=release >/dev/null
-ninja -C "$BUILD" >/dev/null
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" "$ROOT" -Dbuildtype=release >/dev/null
+    if ! out=$(ninja -C "$BUILD" 2>&1); then
+        printf '%s\n' "$out" | grep -E 'error|FAILED' | head -20 >&2
+        echo "build failed (BENCH_NO_BUILD=1 uses the binaries already in $BUILD)" >&2
+        exit 1
+    fi
+fi
 BENCH="$BUILD/tools/acmegw-bench"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/acmegw-bench.XXXXXX")
@@ -127,7 +133,7 @@ start_pebble() {
 }
 stop_pebble() {
     if [ -n "$PEBBLE_PID" ]; then
-        kill "$PEBBLE_PID" 2>/dev/null && wait "$PEBBLE_PID" 2>/dev/null
+        kill "$PEBBLE_PID" 2>/dev/null && { wait "$PEBBLE_PID" 2>/dev/null || true; }
         PEBBLE_PID=""
     fi
     return 0
