@@ -9,14 +9,19 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "store/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cyaml/cyaml.h>
+#include <openssl/crypto.h>
 #include <yaml.h>
 
 #define STR(key, st, m) CYAML_FIELD_STRING_PTR(key, CYAML_FLAG_POINTER, st, m, 1, 4096)
@@ -57,6 +62,13 @@ static const cyaml_schema_field_t default_class_fields[] = {
     CYAML_FIELD_END,
 };
 
+static const cyaml_schema_field_t store_fields[] = {
+    OSTR("driver", struct gw_store_cfg, driver),
+    OSTR("path", struct gw_store_cfg, path),
+    OSTR("conninfo_file", struct gw_store_cfg, conninfo_file),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t config_fields[] = {
     CYAML_FIELD_SEQUENCE("listen", CYAML_FLAG_POINTER, struct gw_config, listen, &listen_entry, 1,
                          16),
@@ -65,7 +77,9 @@ static const cyaml_schema_field_t config_fields[] = {
     STR("base_url", struct gw_config, base_url),
     OUINT("threads", struct gw_config, threads),
     OUINT("workers", struct gw_config, workers),
-    STR("store_path", struct gw_config, store_path),
+    OSTR("store_path", struct gw_config, store_path),
+    CYAML_FIELD_MAPPING_PTR("store", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL, struct gw_config,
+                            store, store_fields),
     STR("seal_key_file", struct gw_config, seal_key_file),
     CYAML_FIELD_SEQUENCE("issuers", CYAML_FLAG_POINTER, struct gw_config, issuers, &issuer_entry,
                          1, 16),
@@ -192,6 +206,28 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
         }
         if (is->timeout_ms > 600000) {
             set_err(err, size, path, "issuer '%s' timeout_ms is above 600000", is->name);
+            return AGW_ERR_BAD_CONFIG;
+        }
+    }
+    if ((c->store_path == NULL) == (c->store == NULL)) {
+        set_err(err, size, path, "set exactly one of store_path, store");
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (c->store != NULL) {
+        const char *d = c->store->driver != NULL ? c->store->driver : "sqlite";
+        int pg = strcmp(d, "postgresql") == 0;
+
+        if (!pg && strcmp(d, "sqlite") != 0) {
+            set_err(err, size, path, "store.driver must be sqlite or postgresql");
+            return AGW_ERR_BAD_CONFIG;
+        }
+        if (pg ? c->store->path != NULL : c->store->path == NULL) {
+            set_err(err, size, path, "store.path is %s for driver %s", pg ? "not used" : "needed",
+                    d);
+            return AGW_ERR_BAD_CONFIG;
+        }
+        if (!pg && c->store->conninfo_file != NULL) {
+            set_err(err, size, path, "store.conninfo_file is for driver postgresql");
             return AGW_ERR_BAD_CONFIG;
         }
     }
@@ -377,4 +413,100 @@ void gw_config_free(struct gw_config *c)
     c->dir = NULL;
     cyaml_free(&cyaml_base, &config_schema, c, 0);
     free(dir);
+}
+
+#define GW_CONNINFO_MAX 4096
+
+/* Reads the conninfo file: at most GW_CONNINFO_MAX bytes, trailing whitespace dropped. The file
+ * may hold a password: its contents are never logged, and a group/other-readable file warns. */
+static int read_conninfo(const char *path, char **out)
+{
+    struct stat sb;
+    char *buf;
+    ssize_t n;
+    size_t len = 0;
+    int fd;
+
+    *out = NULL;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        LOG_ERROR("store.conninfo", "file=%s errno=%s", path, strerror(errno));
+        return AGW_ERR_BAD_CONFIG;
+    }
+    if (fstat(fd, &sb) == 0 && (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+        LOG_WARN("store.conninfo",
+                 "file=%s mode=%04o warning=group_or_other_access hint=\"chmod 600 the file\"",
+                 path, (unsigned)(sb.st_mode & 07777));
+    buf = malloc(GW_CONNINFO_MAX + 1);
+    if (buf == NULL) {
+        close(fd);
+        return AGW_ERR_NOMEM;
+    }
+    for (;;) {
+        n = read(fd, buf + len, GW_CONNINFO_MAX + 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (len > GW_CONNINFO_MAX)
+            break;
+    }
+    close(fd);
+    if (n < 0 || len > GW_CONNINFO_MAX) {
+        LOG_ERROR("store.conninfo", "file=%s error=%s", path,
+                  n < 0 ? "unreadable" : "longer_than_4096_bytes");
+        OPENSSL_cleanse(buf, GW_CONNINFO_MAX + 1);
+        free(buf);
+        return AGW_ERR_BAD_CONFIG;
+    }
+    while (len > 0 && strchr(" \t\r\n", buf[len - 1]) != NULL)
+        len--;
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
+int gw_config_store(const struct gw_config *c, struct st_config *out, char **owned)
+{
+    const char *env;
+    char *file;
+    int err;
+
+    memset(out, 0, sizeof(*out));
+    *owned = NULL;
+    if (c->store == NULL || c->store->driver == NULL || strcmp(c->store->driver, "sqlite") == 0) {
+        out->driver = "sqlite";
+        *owned = gw_config_path(c, c->store != NULL ? c->store->path : c->store_path);
+        out->path = *owned;
+        return *owned != NULL ? 0 : AGW_ERR_NOMEM;
+    }
+    out->driver = "postgresql";
+    if (c->store->conninfo_file != NULL) {
+        file = gw_config_path(c, c->store->conninfo_file);
+        if (file == NULL)
+            return AGW_ERR_NOMEM;
+        err = read_conninfo(file, owned);
+        free(file);
+        if (err != 0)
+            return err;
+    } else {
+        env = getenv("ACMEGW_STORE_CONNINFO");
+        if (env == NULL || env[0] == '\0') {
+            LOG_ERROR("store.conninfo",
+                      "error=missing hint=\"set store.conninfo_file or ACMEGW_STORE_CONNINFO\"");
+            return AGW_ERR_BAD_CONFIG;
+        }
+        *owned = strdup(env);
+        if (*owned == NULL)
+            return AGW_ERR_NOMEM;
+    }
+    out->conninfo = *owned;
+    return 0;
+}
+
+void gw_config_store_free(char *owned)
+{
+    if (owned == NULL)
+        return;
+    OPENSSL_cleanse(owned, strlen(owned));
+    free(owned);
 }

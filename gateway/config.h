@@ -35,6 +35,14 @@ struct gw_default_class {
     unsigned validity_days;
 };
 
+/* store: {driver, path, conninfo_file}; the alternative to store_path (exactly one is given). */
+struct gw_store_cfg {
+    char *driver;        /* "sqlite" (default) or "postgresql" */
+    char *path;          /* sqlite: the database file */
+    char *conninfo_file; /* postgresql: libpq conninfo, read at start (0600: it may hold the
+                          * password); absent: the environment variable ACMEGW_STORE_CONNINFO */
+};
+
 struct gw_config {
     struct gw_listen *listen;
     unsigned listen_count;
@@ -43,7 +51,8 @@ struct gw_config {
     char *base_url;       /* what clients see, e.g. https://acme.example.com (no trailing /) */
     unsigned threads;     /* event loops; 0 = one per core */
     unsigned workers;     /* request workers (store, JWS, signing waits); 0 = 2 x threads */
-    char *store_path;
+    char *store_path;     /* SQLite file; or store: below */
+    struct gw_store_cfg *store;
     char *seal_key_file;  /* EAB key encryption key; created on first start */
     struct gw_issuer_cfg *issuers;
     unsigned issuers_count;
@@ -74,5 +83,16 @@ int gw_config_load(const char *path, struct gw_config **out, char *err, size_t e
 void gw_config_free(struct gw_config *c);
 /* Resolves p relative to the config's directory; returns a malloc'd string (or NULL). */
 char *gw_config_path(const struct gw_config *c, const char *p);
+
+struct st_config;
+/*
+ * Fills *out for st_open_config() from store_path or store: (paths resolved, conninfo read from
+ * conninfo_file or ACMEGW_STORE_CONNINFO). *owned receives the one allocation out points into
+ * (the path or the conninfo, which may hold a password): release it with gw_config_store_free()
+ * after st_open_config(). Returns 0, AGW_ERR_BAD_CONFIG (no conninfo, unreadable file; logged
+ * without its contents) or AGW_ERR_NOMEM.
+ */
+int gw_config_store(const struct gw_config *c, struct st_config *out, char **owned);
+void gw_config_store_free(char *owned); /* wipes, then frees; accepts NULL */
 
 #endif

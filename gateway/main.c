@@ -218,20 +218,23 @@ int main(int argc, char **argv)
     }
     {
         char *seal_path = gw_config_path(srv.cfg, srv.cfg->seal_key_file);
-        char *db_path = gw_config_path(srv.cfg, srv.cfg->store_path);
+        struct st_config store_cfg;
+        char *store_owned = NULL; /* the path, or the conninfo (secret) */
         err = seal_path != NULL ? st_seal_key_load(seal_path, 1, seal) : AGW_ERR_NOMEM;
         if (err != 0)
             LOG_ERROR("store.seal_key", "file=%s error=\"%s\"", srv.cfg->seal_key_file,
                       agw_err_str(err));
+        if (err == 0)
+            err = gw_config_store(srv.cfg, &store_cfg, &store_owned);
         if (err == 0) {
-            err = st_open(db_path, seal, &srv.store);
+            err = st_open_config(&store_cfg, seal, &srv.store);
             if (err != 0)
-                LOG_ERROR("store.open", "path=%s error=\"%s\"", srv.cfg->store_path,
-                          agw_err_str(err));
+                LOG_ERROR("store.open", "driver=%s path=%s error=\"%s\"", store_cfg.driver,
+                          store_cfg.path != NULL ? store_cfg.path : "-", agw_err_str(err));
         }
         OPENSSL_cleanse(seal, sizeof(seal));
         free(seal_path);
-        free(db_path);
+        gw_config_store_free(store_owned);
     }
     if (err == 0)
         err = open_issuers(&srv);

@@ -75,7 +75,8 @@ static int open_store(const char *config_path, struct st_store **st)
     struct gw_config *cfg = NULL;
     char err[600];
     unsigned char seal[32];
-    char *seal_path, *db_path;
+    char *seal_path, *store_owned = NULL; /* the path, or the conninfo (secret) */
+    struct st_config store_cfg;
     int rc;
 
     rc = gw_config_load(config_path, &cfg, err, sizeof(err));
@@ -84,20 +85,21 @@ static int open_store(const char *config_path, struct st_store **st)
         return rc;
     }
     seal_path = gw_config_path(cfg, cfg->seal_key_file);
-    db_path = gw_config_path(cfg, cfg->store_path);
     rc = st_seal_key_load(seal_path, 1, seal);
     if (rc != 0)
         fprintf(stderr, "acmegw-admin: cannot read the seal key %s: %s\n", seal_path,
                 agw_err_str(rc));
+    if (rc == 0)
+        rc = gw_config_store(cfg, &store_cfg, &store_owned);
     if (rc == 0) {
-        rc = st_open(db_path, seal, st);
-        if (rc != 0)
-            fprintf(stderr, "acmegw-admin: cannot open the store %s: %s\n", db_path,
-                    agw_err_str(rc));
+        rc = st_open_config(&store_cfg, seal, st);
+        if (rc != 0) /* never the conninfo: it may hold the password */
+            fprintf(stderr, "acmegw-admin: cannot open the %s store %s: %s\n", store_cfg.driver,
+                    store_cfg.path != NULL ? store_cfg.path : "(conninfo)", agw_err_str(rc));
     }
     OPENSSL_cleanse(seal, sizeof(seal));
     free(seal_path);
-    free(db_path);
+    gw_config_store_free(store_owned);
     gw_config_free(cfg);
     return rc;
 }

@@ -272,6 +272,15 @@ if [ ! -f "$STATE/tls/server.pem" ]; then
 fi
 
 # ------------------------------------------------------------------ config
+# The store: SQLite next to the config, or PostgreSQL when ACMEGW_STORE_CONNINFO is set. The
+# conninfo may hold a password, so it goes into a 0600 file (printf is a builtin: never on argv).
+if [ -n "${ACMEGW_STORE_CONNINFO:-}" ]; then
+    (umask 077 && printf '%s\n' "$ACMEGW_STORE_CONNINFO" >"$STATE/secrets/store.conninfo")
+    chmod 600 "$STATE/secrets/store.conninfo"
+    STORE_CFG="store: {driver: postgresql, conninfo_file: secrets/store.conninfo}"
+else
+    STORE_CFG="store_path: acmegw.db"
+fi
 cat >"$STATE/acmegw.yaml" <<CFG
 # acmegw config written by tools/quickstart.sh (rewritten on every run)
 listen:
@@ -283,7 +292,7 @@ listen:
 tls_certificate: tls/server.pem
 tls_key: tls/server.key
 base_url: https://127.0.0.1:$PORT
-store_path: acmegw.db
+$STORE_CFG
 seal_key_file: secrets/seal.key
 pid_file: acmegw.pid
 crl_url_base: http://127.0.0.1:$CRL_PORT

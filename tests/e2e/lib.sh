@@ -22,7 +22,17 @@ E2E_STARTED=0
 E2E_CHECKS=0
 E2E_FAILED=0
 
+E2E_PG_DB=""
+
 e2e_log() { printf '[%s] %s\n' "$E2E_NAME" "$*"; }
+
+# PostgreSQL runs (ACMEGW_TEST_PG_CONNINFO set, see tools/run-tests.sh): e2e_start gives each test
+# a fresh database, and the scripts' read-only store queries, sqlite3 "file:...acmegw.db?mode=ro"
+# SQL, go to it instead (psql -tA prints rows as sqlite3 does, '|' between columns).
+if [ -n "${ACMEGW_TEST_PG_CONNINFO:-}" ]; then
+    e2e_psql() { psql -X -q -tA -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
+    sqlite3() { local sql; for sql; do :; done; e2e_psql "$ACMEGW_STORE_CONNINFO" "$sql"; }
+fi
 
 e2e_free_port() {
     "$E2E_PY" -c 'import socket
@@ -42,6 +52,8 @@ e2e_cleanup() {
     if [ -n "$E2E_TMP" ] && [ -d "$E2E_TMP" ]; then
         if [ "$rc" = 0 ] && [ "${E2E_KEEP:-0}" != 1 ]; then
             rm -rf "$E2E_TMP"
+            [ -z "$E2E_PG_DB" ] ||
+                e2e_psql "$ACMEGW_TEST_PG_CONNINFO" "DROP DATABASE IF EXISTS $E2E_PG_DB WITH (FORCE)"
         else
             e2e_log "exit status $rc: keeping $E2E_TMP"
             if [ -f "$E2E_TMP/acmegw.log" ]; then
@@ -66,6 +78,13 @@ e2e_start() {
     E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/acmegw-e2e-$E2E_NAME.XXXXXX")
     trap e2e_cleanup EXIT
     trap 'exit 130' INT TERM
+    if [ -n "${ACMEGW_TEST_PG_CONNINFO:-}" ]; then
+        E2E_PG_DB=$(basename "$E2E_TMP" | tr 'A-Z.-' 'a-z__')
+        e2e_psql "$ACMEGW_TEST_PG_CONNINFO" "CREATE DATABASE $E2E_PG_DB" ||
+            { e2e_log "cannot create database $E2E_PG_DB"; exit 1; }
+        export ACMEGW_STORE_CONNINFO="$ACMEGW_TEST_PG_CONNINFO dbname=$E2E_PG_DB"
+        e2e_log "store: PostgreSQL database $E2E_PG_DB"
+    fi
     # the port can be taken between the probe and the gateway's bind: retry with another one
     for i in 1 2 3; do
         port=$(e2e_free_port)
