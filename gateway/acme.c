@@ -188,6 +188,77 @@ void gw_acme_directory_free(struct gw_server *srv)
     }
 }
 
+/* ---------------------------------------------------------------- account key cache */
+
+/*
+ * Every kid-signed request needs the account's public key. Parsing the stored JWK and checking
+ * the point costs as much as the signature check itself, so parsed keys are kept: direct-mapped by
+ * account id, valid only while the stored thumbprint matches (a key rollover is a miss). The
+ * account row is still read on every request, so a deactivation takes effect at once.
+ */
+#define KEY_CACHE_SLOTS 1024
+
+static struct {
+    pthread_mutex_t lock; /* guards slots; never held across I/O or crypto */
+    struct {
+        char id[ST_ID_LEN];
+        char thumbprint[ST_THUMB_LEN];
+        EVP_PKEY *key;
+    } slots[KEY_CACHE_SLOTS];
+} key_cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static size_t key_slot(const char *id)
+{
+    size_t h = 5381;
+    for (; *id != '\0'; id++)
+        h = h * 33 + (unsigned char)*id;
+    return h % KEY_CACHE_SLOTS;
+}
+
+/* A new reference to the account's key, from the cache or parsed from a->jwk_json. */
+static int account_key(const struct st_account *a, EVP_PKEY **out)
+{
+    size_t i = key_slot(a->id);
+    json_t *jwk;
+    int err;
+
+    *out = NULL;
+    pthread_mutex_lock(&key_cache.lock);
+    if (key_cache.slots[i].key != NULL && strcmp(key_cache.slots[i].id, a->id) == 0 &&
+        strcmp(key_cache.slots[i].thumbprint, a->thumbprint) == 0 &&
+        EVP_PKEY_up_ref(key_cache.slots[i].key) == 1)
+        *out = key_cache.slots[i].key;
+    pthread_mutex_unlock(&key_cache.lock);
+    if (*out != NULL)
+        return 0;
+    jwk = json_loads(a->jwk_json, 0, NULL);
+    err = jwk != NULL ? gw_jwk_to_pkey(jwk, out) : AGW_ERR_STORE;
+    json_decref(jwk);
+    if (err != 0)
+        return err;
+    pthread_mutex_lock(&key_cache.lock);
+    if (EVP_PKEY_up_ref(*out) == 1) {
+        EVP_PKEY *old = key_cache.slots[i].key;
+        key_cache.slots[i].key = *out;
+        snprintf(key_cache.slots[i].id, sizeof(key_cache.slots[i].id), "%s", a->id);
+        snprintf(key_cache.slots[i].thumbprint, sizeof(key_cache.slots[i].thumbprint), "%s",
+                 a->thumbprint);
+        EVP_PKEY_free(old);
+    }
+    pthread_mutex_unlock(&key_cache.lock);
+    return 0;
+}
+
+void gw_acme_cache_free(void)
+{
+    pthread_mutex_lock(&key_cache.lock);
+    for (size_t i = 0; i < KEY_CACHE_SLOTS; i++) {
+        EVP_PKEY_free(key_cache.slots[i].key);
+        key_cache.slots[i].key = NULL;
+    }
+    pthread_mutex_unlock(&key_cache.lock);
+}
+
 /* ---------------------------------------------------------------- authentication */
 
 /* Splits "/kind/id[/rest]"; id must be base64url or hex, bounded. */
@@ -281,11 +352,7 @@ static int acme_authenticate(struct acme_ctx *c, enum key_mode mode)
             gw_response_problem(c->resp, AGW_ERR_UNAUTHORIZED, "the account is not valid");
             return AGW_ERR_UNAUTHORIZED;
         }
-        {
-            json_t *jwk = json_loads(c->acct.jwk_json, 0, NULL);
-            err = jwk != NULL ? gw_jwk_to_pkey(jwk, &c->key) : AGW_ERR_STORE;
-            json_decref(jwk);
-        }
+        err = account_key(&c->acct, &c->key);
         if (err != 0) {
             gw_response_problem(c->resp, AGW_ERR_INTERNAL, "could not load the account key");
             return err;

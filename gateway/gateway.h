@@ -80,6 +80,8 @@ struct gw_server {
 void gw_acme_handle(struct gw_server *srv, const struct gw_request *req, struct gw_response *resp);
 /* Builds the directory from the config and the current policy and publishes it. */
 int gw_acme_directory_build(struct gw_server *srv);
+/* Drops the parsed account keys kept by acme.c (at exit). */
+void gw_acme_cache_free(void);
 /* Frees the published directory and every retired one (at exit). */
 void gw_acme_directory_free(struct gw_server *srv);
 /* Releases what a response owns. */

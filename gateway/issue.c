@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
@@ -101,16 +102,17 @@ static int order_identifiers(const struct st_order *o, json_t **root, struct pol
     return 0;
 }
 
+/* Leaf PEM straight from the DER the HSM returned (no decode: OpenSSL 3.0's d2i_X509 runs the
+ * public-key decoder, a large share of a certificate's CPU), then the CA chain. */
 static char *chain_pem(const unsigned char *der, size_t der_len, const char *ca_pem,
                        size_t ca_len)
 {
-    const unsigned char *p = der;
-    X509 *x = d2i_X509(NULL, &p, (long)der_len);
     BIO *b = BIO_new(BIO_s_mem());
     char *out = NULL, *data;
     long n;
 
-    if (x != NULL && b != NULL && PEM_write_bio_X509(b, x) == 1 &&
+    if (b != NULL && der_len <= INT_MAX && ca_len <= INT_MAX &&
+        PEM_write_bio(b, PEM_STRING_X509, "", der, (long)der_len) > 0 &&
         (ca_len == 0 || BIO_write(b, ca_pem, (int)ca_len) == (int)ca_len)) {
         n = BIO_get_mem_data(b, &data);
         out = malloc((size_t)n + 1);
@@ -120,7 +122,6 @@ static char *chain_pem(const unsigned char *der, size_t der_len, const char *ca_
         }
     }
     BIO_free(b);
-    X509_free(x);
     return out;
 }
 
@@ -216,18 +217,18 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
         goto out;
     cert.issued = now;
     {
-        const unsigned char *q = hresp.der;
-        X509 *signed_x = d2i_X509(NULL, &q, (long)hresp.der_len);
+        /* the HSM signs the template as it is (it re-checked it): its dates are the cert's */
         struct tm tm;
-        if (signed_x == NULL) {
+        if (ASN1_TIME_to_tm(X509_get0_notBefore(tbs), &tm) != 1) {
             err = AGW_ERR_INTERNAL;
             goto out;
         }
-        ASN1_TIME_to_tm(X509_get0_notBefore(signed_x), &tm);
         cert.not_before = (int64_t)timegm(&tm);
-        ASN1_TIME_to_tm(X509_get0_notAfter(signed_x), &tm);
+        if (ASN1_TIME_to_tm(X509_get0_notAfter(tbs), &tm) != 1) {
+            err = AGW_ERR_INTERNAL;
+            goto out;
+        }
         cert.not_after = (int64_t)timegm(&tm);
-        X509_free(signed_x);
     }
     cert.reason = -1;
     {

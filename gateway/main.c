@@ -164,6 +164,7 @@ static void server_free(struct gw_server *srv)
     pol_set_unref(srv->policy);
     gw_nonces_free(srv->nonces);
     gw_acme_directory_free(srv);
+    gw_acme_cache_free();
     gw_config_free(srv->cfg);
     pthread_mutex_destroy(&srv->policy_lock);
 }
