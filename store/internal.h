@@ -73,6 +73,14 @@ struct st_ops {
     int (*crl_next_number)(struct st_store *s, const char *issuer, uint64_t *number);
     int (*crl_number)(struct st_store *s, const char *issuer, uint64_t *number);
     int (*revocation_marker)(struct st_store *s, const char *issuer, int64_t *marker);
+    int (*nonce_redeem)(struct st_store *s, const char *id, int64_t expires);
+    int (*nonce_purge)(struct st_store *s, int64_t now);
+    int (*crl_lease)(struct st_store *s, const char *issuer, const char *owner, int64_t now,
+                     int64_t ttl_s, int *granted);
+    int (*crl_put)(struct st_store *s, const char *issuer, uint64_t number, int64_t this_update,
+                   int64_t next_update, const unsigned char *der, size_t der_len);
+    int (*crl_get)(struct st_store *s, const char *issuer, uint64_t *number, int64_t *this_update,
+                   int64_t *next_update, unsigned char **der, size_t *der_len);
 };
 
 struct st_store {

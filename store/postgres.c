@@ -164,6 +164,13 @@ static const char *const migrations[] = {
     "CREATE INDEX certificates_issued ON certificates(issued);",
     /* 3: quotas count an account's certificates of the last day */
     "CREATE INDEX certificates_account ON certificates(account_id, issued);",
+    /* 4: several gateways on one store: used nonces, the CRL writer's lease, the latest CRLs */
+    "CREATE TABLE used_nonces (id TEXT PRIMARY KEY, expires BIGINT NOT NULL);"
+    "CREATE INDEX used_nonces_expires ON used_nonces(expires);"
+    "CREATE TABLE crl_leases (issuer TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+    "  until BIGINT NOT NULL);"
+    "CREATE TABLE crls (issuer TEXT PRIMARY KEY, number BIGINT NOT NULL,"
+    "  this_update BIGINT NOT NULL, next_update BIGINT NOT NULL, der BYTEA NOT NULL);",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -340,10 +347,12 @@ static int tx_commit(PGconn *c, const char *op)
     return err;
 }
 
-/* Safe to call whether or not a transaction is open. */
+/* Safe to call whether or not a transaction is open; a broken connection is left to conn_get. */
 static void tx_rollback(PGconn *c)
 {
-    if (PQtransactionStatus(c) != PQTRANS_IDLE)
+    PGTransactionStatusType ts = PQtransactionStatus(c);
+
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
         (void)pg_exec(c, "rollback", "ROLLBACK", NULL, NULL);
 }
 
@@ -1892,6 +1901,135 @@ static int pg_revocation_marker(struct st_store *s, const char *issuer, int64_t 
                       "revocation_marker", issuer, marker);
 }
 
+static int pg_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL || !st_given(id, 65))
+        return AGW_ERR_BAD_INPUT;
+    c = conn_get(s, &slot);
+    /* the primary key makes a replay at any instance lose: 0 rows inserted */
+    err = pg_execf(c, "nonce_redeem",
+                   "INSERT INTO used_nonces(id, expires) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                   &r, "ti", id, expires);
+    if (err == 0 && changes(r) != 1)
+        err = AGW_ERR_CONFLICT;
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
+static int pg_nonce_purge(struct st_store *s, int64_t now)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL)
+        return AGW_ERR_BAD_INPUT;
+    c = conn_get(s, &slot);
+    err = pg_execf(c, "nonce_purge", "DELETE FROM used_nonces WHERE expires < $1", &r, "i", now);
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
+static int pg_crl_lease(struct st_store *s, const char *issuer, const char *owner, int64_t now,
+                        int64_t ttl_s, int *granted)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL || granted == NULL || !st_given(issuer, ST_NAME_LEN) || !st_given(owner, 128))
+        return AGW_ERR_BAD_INPUT;
+    *granted = 0;
+    c = conn_get(s, &slot);
+    /* one statement: the upsert's row lock decides between instances racing for the lease */
+    err = pg_execf(c, "crl_lease",
+                   "INSERT INTO crl_leases(issuer, owner, until) VALUES ($1, $2, $3::bigint + $4) "
+                   "ON CONFLICT (issuer) DO UPDATE SET owner = $2, until = $3::bigint + $4 "
+                   "WHERE crl_leases.owner = $2 OR crl_leases.until < $3",
+                   &r, "ttii", issuer, owner, now, ttl_s);
+    *granted = err == 0 && changes(r) == 1;
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
+static int pg_crl_put(struct st_store *s, const char *issuer, uint64_t number, int64_t this_update,
+                      int64_t next_update, const unsigned char *der, size_t der_len)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL || !st_given(issuer, ST_NAME_LEN) || der == NULL || der_len == 0 ||
+        number > INT64_MAX)
+        return AGW_ERR_BAD_INPUT;
+    c = conn_get(s, &slot);
+    err = pg_execf(c, "crl_put",
+                   "INSERT INTO crls(issuer, number, this_update, next_update, der) "
+                   "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer) DO UPDATE SET "
+                   "number = $2, this_update = $3, next_update = $4, der = $5 "
+                   "WHERE crls.number < $2",
+                   &r, "tiiib", issuer, (int64_t)number, this_update, next_update, der, der_len);
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
+static int pg_crl_get(struct st_store *s, const char *issuer, uint64_t *number,
+                      int64_t *this_update, int64_t *next_update, unsigned char **der,
+                      size_t *der_len)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL || der == NULL || der_len == NULL || !st_given(issuer, ST_NAME_LEN))
+        return AGW_ERR_BAD_INPUT;
+    *der = NULL;
+    *der_len = 0;
+    c = conn_get(s, &slot);
+    err = pg_execf(c, "crl_get",
+                   "SELECT number, this_update, next_update, der FROM crls WHERE issuer = $1", &r,
+                   "t", issuer);
+    if (err == 0 && PQntuples(r) != 1)
+        err = AGW_ERR_NOT_FOUND;
+    if (err == 0) {
+        *number = (uint64_t)col_i64(r, 0, 0);
+        *this_update = col_i64(r, 0, 1);
+        *next_update = col_i64(r, 0, 2);
+        {
+            unsigned char *pq = NULL;
+            size_t n = 0;
+            err = col_bytea(r, 0, 3, &pq, &n);
+            if (err == 0 && (pq == NULL || n == 0))
+                err = AGW_ERR_STORE;
+            if (err == 0) {
+                *der = malloc(n); /* the caller frees with free(), not PQfreemem() */
+                if (*der == NULL)
+                    err = AGW_ERR_NOMEM;
+                else
+                    memcpy(*der, pq, n);
+                *der_len = *der != NULL ? n : 0;
+            }
+            PQfreemem(pq);
+        }
+    }
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
 const struct st_ops st_postgres_ops = {
     .driver = "postgresql",
     .open = pg_open,
@@ -1929,4 +2067,9 @@ const struct st_ops st_postgres_ops = {
     .crl_next_number = pg_crl_next_number,
     .crl_number = pg_crl_number,
     .revocation_marker = pg_revocation_marker,
+    .nonce_redeem = pg_nonce_redeem,
+    .nonce_purge = pg_nonce_purge,
+    .crl_lease = pg_crl_lease,
+    .crl_put = pg_crl_put,
+    .crl_get = pg_crl_get,
 };

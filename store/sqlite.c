@@ -159,6 +159,13 @@ static const char *const migrations[] = {
     "CREATE INDEX certificates_issued ON certificates(issued);",
     /* 3: quotas count an account's certificates of the last day */
     "CREATE INDEX certificates_account ON certificates(account_id, issued);",
+    /* 4: several gateways on one store: used nonces, the CRL writer's lease, the latest CRLs */
+    "CREATE TABLE used_nonces (id TEXT PRIMARY KEY, expires INTEGER NOT NULL);"
+    "CREATE INDEX used_nonces_expires ON used_nonces(expires);"
+    "CREATE TABLE crl_leases (issuer TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+    "  until INTEGER NOT NULL);"
+    "CREATE TABLE crls (issuer TEXT PRIMARY KEY, number INTEGER NOT NULL,"
+    "  this_update INTEGER NOT NULL, next_update INTEGER NOT NULL, der BLOB NOT NULL);",
 };
 #define ST_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -2048,6 +2055,135 @@ static int sq_order_replacing(struct st_store *s, const char *cert_id, int64_t n
     return err;
 }
 
+/* One write statement under the write lock; *changed gets sqlite3_changes(). */
+static int sq_write(struct st_store *s, const char *op, const char *sql, long *changed,
+                    const char *fmt, ...)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db = wr_lock(s);
+    va_list ap;
+    int err, rc = SQLITE_OK, i = 1;
+
+    err = prep(db, sql, &st, op);
+    va_start(ap, fmt);
+    for (const char *f = fmt; err == 0 && *f != '\0' && rc == SQLITE_OK; f++, i++) {
+        if (*f == 't') {
+            rc = sqlite3_bind_text(st, i, va_arg(ap, const char *), -1, SQLITE_STATIC);
+        } else if (*f == 'i') {
+            rc = sqlite3_bind_int64(st, i, (sqlite3_int64)va_arg(ap, int64_t));
+        } else {
+            const unsigned char *b = va_arg(ap, const unsigned char *);
+            size_t len = va_arg(ap, size_t);
+            rc = sqlite3_bind_blob64(st, i, b, (sqlite3_uint64)len, SQLITE_STATIC);
+        }
+    }
+    va_end(ap);
+    if (err == 0 && rc != SQLITE_OK)
+        err = sql_err(db, rc, op);
+    if (err == 0)
+        err = step_done(db, st, op);
+    if (err == 0 && changed != NULL)
+        *changed = (long)sqlite3_changes(db);
+    sqlite3_finalize(st);
+    wr_unlock(s);
+    return err;
+}
+
+static int sq_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
+{
+    if (s == NULL || !st_given(id, 65))
+        return AGW_ERR_BAD_INPUT;
+    /* a taken primary key is a replay: sql_err() maps it to AGW_ERR_CONFLICT */
+    return sq_write(s, "nonce_redeem", "INSERT INTO used_nonces(id, expires) VALUES (?, ?)", NULL,
+                    "ti", id, expires);
+}
+
+static int sq_nonce_purge(struct st_store *s, int64_t now)
+{
+    if (s == NULL)
+        return AGW_ERR_BAD_INPUT;
+    return sq_write(s, "nonce_purge", "DELETE FROM used_nonces WHERE expires < ?", NULL, "i",
+                    now);
+}
+
+static int sq_crl_lease(struct st_store *s, const char *issuer, const char *owner, int64_t now,
+                        int64_t ttl_s, int *granted)
+{
+    long n = 0;
+    int err;
+
+    if (s == NULL || granted == NULL || !st_given(issuer, ST_NAME_LEN) || !st_given(owner, 128))
+        return AGW_ERR_BAD_INPUT;
+    *granted = 0;
+    err = sq_write(s, "crl_lease",
+                   "INSERT INTO crl_leases(issuer, owner, until) VALUES (?1, ?2, ?3 + ?4) "
+                   "ON CONFLICT(issuer) DO UPDATE SET owner = ?2, until = ?3 + ?4 "
+                   "WHERE crl_leases.owner = ?2 OR crl_leases.until < ?3",
+                   &n, "ttii", issuer, owner, now, ttl_s);
+    *granted = err == 0 && n == 1;
+    return err;
+}
+
+static int sq_crl_put(struct st_store *s, const char *issuer, uint64_t number, int64_t this_update,
+                      int64_t next_update, const unsigned char *der, size_t der_len)
+{
+    if (s == NULL || !st_given(issuer, ST_NAME_LEN) || der == NULL || der_len == 0 ||
+        number > INT64_MAX)
+        return AGW_ERR_BAD_INPUT;
+    return sq_write(s, "crl_put",
+                    "INSERT INTO crls(issuer, number, this_update, next_update, der) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(issuer) DO UPDATE SET "
+                    "number = ?2, this_update = ?3, next_update = ?4, der = ?5 "
+                    "WHERE crls.number < ?2",
+                    NULL, "tiiib", issuer, (int64_t)number, this_update, next_update, der,
+                    der_len);
+}
+
+static int sq_crl_get(struct st_store *s, const char *issuer, uint64_t *number,
+                      int64_t *this_update, int64_t *next_update, unsigned char **der,
+                      size_t *der_len)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int rc, err;
+
+    if (s == NULL || der == NULL || der_len == NULL || !st_given(issuer, ST_NAME_LEN))
+        return AGW_ERR_BAD_INPUT;
+    *der = NULL;
+    *der_len = 0;
+    db = rd_get(s, &slot);
+    err = prep(db, "SELECT number, this_update, next_update, der FROM crls WHERE issuer = ?", &st,
+               "crl_get");
+    if (err == 0)
+        err = bindv(db, st, "crl_get", "t", issuer);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            int n = sqlite3_column_bytes(st, 3);
+            const void *b = sqlite3_column_blob(st, 3);
+
+            *number = (uint64_t)col_i64(st, 0);
+            *this_update = col_i64(st, 1);
+            *next_update = col_i64(st, 2);
+            *der = n > 0 && b != NULL ? malloc((size_t)n) : NULL;
+            if (*der == NULL) {
+                err = n > 0 ? AGW_ERR_NOMEM : AGW_ERR_STORE;
+            } else {
+                memcpy(*der, b, (size_t)n);
+                *der_len = (size_t)n;
+            }
+        } else if (rc == SQLITE_DONE) {
+            err = AGW_ERR_NOT_FOUND;
+        } else {
+            err = sql_err(db, rc, "crl_get");
+        }
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
 const struct st_ops st_sqlite_ops = {
     .driver = "sqlite",
     .open = sq_open,
@@ -2085,4 +2221,9 @@ const struct st_ops st_sqlite_ops = {
     .crl_next_number = sq_crl_next_number,
     .crl_number = sq_crl_number,
     .revocation_marker = sq_revocation_marker,
+    .nonce_redeem = sq_nonce_redeem,
+    .nonce_purge = sq_nonce_purge,
+    .crl_lease = sq_crl_lease,
+    .crl_put = sq_crl_put,
+    .crl_get = sq_crl_get,
 };

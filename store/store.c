@@ -239,6 +239,34 @@ int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker
     return ops_of(s)->revocation_marker(s, issuer, marker);
 }
 
+int st_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
+{
+    return ops_of(s)->nonce_redeem(s, id, expires);
+}
+
+int st_nonce_purge(struct st_store *s, int64_t now)
+{
+    return ops_of(s)->nonce_purge(s, now);
+}
+
+int st_crl_lease(struct st_store *s, const char *issuer, const char *owner, int64_t now,
+                 int64_t ttl_s, int *granted)
+{
+    return ops_of(s)->crl_lease(s, issuer, owner, now, ttl_s, granted);
+}
+
+int st_crl_put(struct st_store *s, const char *issuer, uint64_t number, int64_t this_update,
+               int64_t next_update, const unsigned char *der, size_t der_len)
+{
+    return ops_of(s)->crl_put(s, issuer, number, this_update, next_update, der, der_len);
+}
+
+int st_crl_get(struct st_store *s, const char *issuer, uint64_t *number, int64_t *this_update,
+               int64_t *next_update, unsigned char **der, size_t *der_len)
+{
+    return ops_of(s)->crl_get(s, issuer, number, this_update, next_update, der, der_len);
+}
+
 /* ---------------------------------------------------------------- shared by all backends */
 
 int st_random_id(char *buf, size_t len)

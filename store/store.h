@@ -266,4 +266,22 @@ int st_crl_number(struct st_store *s, const char *issuer, uint64_t *number);
  * index range count. */
 int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker);
 
+/* ---------------------------------------------------------------- state shared by instances */
+
+/* Records that the nonce named id (hex, <= 64 chars) was used; AGW_ERR_CONFLICT if it already
+ * was (a replay, from any instance). expires: when the record may be purged. */
+int st_nonce_redeem(struct st_store *s, const char *id, int64_t expires);
+/* Deletes nonce records that expired before now. */
+int st_nonce_purge(struct st_store *s, int64_t now);
+/* Takes or renews the lease to write issuer's CRLs: *granted = 1 when owner now holds it until
+ * now + ttl_s (it was free, expired, or already owner's), else 0. One conditional upsert. */
+int st_crl_lease(struct st_store *s, const char *issuer, const char *owner, int64_t now,
+                 int64_t ttl_s, int *granted);
+/* Stores a signed CRL unless a CRL with a higher or equal number is stored already. */
+int st_crl_put(struct st_store *s, const char *issuer, uint64_t number, int64_t this_update,
+               int64_t next_update, const unsigned char *der, size_t der_len);
+/* The latest stored CRL of issuer; AGW_ERR_NOT_FOUND if none. *der owned by the caller: free(). */
+int st_crl_get(struct st_store *s, const char *issuer, uint64_t *number, int64_t *this_update,
+               int64_t *next_update, unsigned char **der, size_t *der_len);
+
 #endif

@@ -277,13 +277,13 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
 
     CHECK_INT(fixture_open(&fx, "migrate"), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 3);
+    CHECK_INT(v, 4);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                "name IN ('eab_keys','accounts','orders','authorizations',"
-                               "'challenges','certificates','crl_numbers')"),
-              7);
+                               "'challenges','certificates','crl_numbers','used_nonces','crl_leases','crls')"),
+              10);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
               1);
@@ -292,18 +292,19 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     v = -1;
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 3);
+    CHECK_INT(v, 4);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
     CHECK_INT(query_int(fx.db, "PRAGMA journal_mode"), 0); /* text "wal" reads as 0 */
 
-    /* a database from only migration 1 gets migrations 2 and 3 */
+    /* a database from only migration 1 gets migrations 2 to 4 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
+                              "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 3);
+    CHECK_INT(v, 4);
     st_close(fx.s);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
@@ -881,6 +882,51 @@ static void quota_counts_and_single_use_eab(void)
     st_close(fx.s);
 }
 
+static void shared_nonces_and_crl_lease(void)
+{
+    static const unsigned char der1[] = {0x30, 0x01, 0x01}, der2[] = {0x30, 0x01, 0x02};
+    struct fixture fx;
+    unsigned char *der = NULL;
+    size_t len = 0;
+    uint64_t number = 0;
+    int64_t tu = 0, nu = 0;
+    int granted = -1;
+
+    CHECK_INT(fixture_open(&fx, "shared"), 0);
+    /* a nonce is redeemed once, from any instance */
+    CHECK_INT(st_nonce_redeem(fx.s, "00aa", NOW + 60), 0);
+    CHECK_INT(st_nonce_redeem(fx.s, "00aa", NOW + 60), AGW_ERR_CONFLICT);
+    CHECK_INT(st_nonce_redeem(fx.s, "00ab", NOW - 60), 0);
+    CHECK_INT(st_nonce_purge(fx.s, NOW), 0);
+    CHECK_INT(st_nonce_redeem(fx.s, "00ab", NOW + 60), 0); /* purged: the record was expired */
+    CHECK_INT(st_nonce_redeem(fx.s, "00aa", NOW + 60), AGW_ERR_CONFLICT); /* not yet expired */
+
+    /* one lease holder per issuer; it renews; another takes over only after expiry */
+    CHECK_INT(st_crl_lease(fx.s, "ca1", "gw-a", NOW, 10, &granted), 0);
+    CHECK_INT(granted, 1);
+    CHECK_INT(st_crl_lease(fx.s, "ca1", "gw-b", NOW + 5, 10, &granted), 0);
+    CHECK_INT(granted, 0);
+    CHECK_INT(st_crl_lease(fx.s, "ca1", "gw-a", NOW + 5, 10, &granted), 0);
+    CHECK_INT(granted, 1);
+    CHECK_INT(st_crl_lease(fx.s, "ca1", "gw-b", NOW + 14, 10, &granted), 0);
+    CHECK_INT(granted, 0);
+    CHECK_INT(st_crl_lease(fx.s, "ca1", "gw-b", NOW + 16, 10, &granted), 0);
+    CHECK_INT(granted, 1);
+    CHECK_INT(st_crl_lease(fx.s, "ca2", "gw-a", NOW + 16, 10, &granted), 0);
+    CHECK_INT(granted, 1); /* leases are per issuer */
+
+    /* the latest CRL wins; an older number does not overwrite */
+    CHECK_INT(st_crl_get(fx.s, "ca1", &number, &tu, &nu, &der, &len), AGW_ERR_NOT_FOUND);
+    CHECK_INT(st_crl_put(fx.s, "ca1", 2, NOW, NOW + 100, der2, sizeof(der2)), 0);
+    CHECK_INT(st_crl_put(fx.s, "ca1", 1, NOW, NOW + 100, der1, sizeof(der1)), 0);
+    CHECK_INT(st_crl_get(fx.s, "ca1", &number, &tu, &nu, &der, &len), 0);
+    CHECK_INT(number, 2);
+    CHECK_INT(nu, NOW + 100);
+    CHECK(len == sizeof(der2) && der != NULL && memcmp(der, der2, len) == 0);
+    free(der);
+    st_close(fx.s);
+}
+
 static void overlong_inputs_are_refused_and_write_nothing(void)
 {
     static const unsigned char der[] = {0x30, 0x00};
@@ -1174,7 +1220,7 @@ static void migrate_child(const char *conninfo, const unsigned char key[32], int
     (void)read(go_fd, &c, 1); /* EOF: all children are waiting, go */
     if (store_open(conninfo, key, &s) != 0)
         _exit(2);
-    if (st_schema_version(s, &v) != 0 || v != 3)
+    if (st_schema_version(s, &v) != 0 || v != 4)
         _exit(3);
     st_close(s);
     _exit(0);
@@ -1214,8 +1260,8 @@ static void pg_concurrent_migrations_apply_once(void)
                 n_ok++;
         }
         CHECK_INT(n_ok, N_PROCS);
-        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
-        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 3);
+        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
+        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 4);
     }
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM information_schema.tables WHERE "
                                "table_schema = 'public' AND table_name IN ('eab_keys','accounts',"
@@ -1229,12 +1275,13 @@ static void pg_concurrent_migrations_apply_once(void)
     /* up to date: opens, nothing re-applied */
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 3);
+    CHECK_INT(v, 4);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 3);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
 
-    /* a database from only migration 1 gets migrations 2 and 3 */
+    /* a database from only migration 1 gets migrations 2 to 4 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
+                              "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
@@ -1387,6 +1434,7 @@ int main(void)
     RUN(orders_authz_challenges);
     RUN(certificates_issue_revoke_list);
     RUN(quota_counts_and_single_use_eab);
+    RUN(shared_nonces_and_crl_lease);
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(kill9_loses_no_acknowledged_certificate);
@@ -1400,6 +1448,7 @@ int main(void)
         RUN(orders_authz_challenges);
         RUN(certificates_issue_revoke_list);
         RUN(quota_counts_and_single_use_eab);
+        RUN(shared_nonces_and_crl_lease);
         RUN(overlong_inputs_are_refused_and_write_nothing);
         RUN(concurrent_account_creation);
         RUN(kill9_loses_no_acknowledged_certificate);
