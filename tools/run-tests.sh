@@ -21,6 +21,12 @@ passed=0
 failed=0
 unset ACMEGW_TEST_PG_CONNINFO ACMEGW_STORE_CONNINFO # the first two runs are SQLite's
 
+timed() { # name, command...: runs it, then prints the wall time of that run
+    local t0=$SECONDS
+    "${@:2}"
+    echo "=== $1: $((SECONDS - t0)) s"
+}
+
 run_suite() { # name, build dir, extra meson args...
     local name=$1 dir=$2
     shift 2
@@ -84,9 +90,9 @@ pg_start() {
     export ACMEGW_STORE_CONNINFO="host=$PG_DIR port=$port user=acmegw dbname=acmegw_ci"
 }
 
-run_suite plain build-test
+timed plain run_suite plain build-test
 if [ "${ACMEGW_TEST_ASAN:-1}" != 0 ]; then
-    run_suite asan build-test-asan -Db_sanitize=address,undefined -Db_lundef=false
+    timed asan run_suite asan build-test-asan -Db_sanitize=address,undefined -Db_lundef=false
 fi
 if [ "${ACMEGW_TEST_PG:-1}" != 0 ]; then
     trap pg_stop EXIT
@@ -98,7 +104,8 @@ if [ "${ACMEGW_TEST_PG:-1}" != 0 ]; then
         # query) cannot see a PostgreSQL store yet: everything else runs, store unit test included.
         pg_tests=$(meson test -C build-test --list 2>/dev/null | sed -n 's/^[^ ]* \/ //p' |
             grep -vxE 'acme_protocol|acme_negative|lifecycle' | awk '!seen[$0]++' | tr '\n' ' ')
-        LOG_TAG=-pg ACMEGW_TEST_ARGS=${ACMEGW_TEST_ARGS:-$pg_tests} run_suite postgresql build-test
+        LOG_TAG=-pg ACMEGW_TEST_ARGS=${ACMEGW_TEST_ARGS:-$pg_tests} \
+            timed postgresql run_suite postgresql build-test
     fi
     pg_stop
 fi
