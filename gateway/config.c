@@ -95,6 +95,8 @@ static const cyaml_schema_field_t config_fields[] = {
     OUINT("http01_port", struct gw_config, http01_port),
     OUINT("http01_timeout_ms", struct gw_config, http01_timeout_ms),
     OSTR("http01_address", struct gw_config, http01_address),
+    OSTR("nonce_key_file", struct gw_config, nonce_key_file),
+    OUINT("instance_id", struct gw_config, instance_id),
     OSTR("log_level", struct gw_config, log_level),
     OSTR("pid_file", struct gw_config, pid_file),
     OUINT("crl_next_update_s", struct gw_config, crl_next_update_s),
@@ -274,6 +276,10 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
         set_err(err, size, path, "http01_port must be 1..65535");
         return AGW_ERR_BAD_CONFIG;
     }
+    if (c->instance_id > 255) {
+        set_err(err, size, path, "instance_id must be 0..255");
+        return AGW_ERR_BAD_CONFIG;
+    }
     if (c->http01_timeout_ms == 0)
         c->http01_timeout_ms = 5000;
     if (c->crl_next_update_s == 0)
@@ -297,7 +303,7 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
  * any numeric field whose scalar is not all digits, with its line, before libcyaml runs. */
 static const char *const numeric_keys[] = {
     "port", "threads", "workers", "timeout_ms", "validity_days", "max_body", "max_identifiers",
-    "order_lifetime_s", "http01_port", "http01_timeout_ms", "crl_next_update_s",
+    "order_lifetime_s", "http01_port", "http01_timeout_ms", "instance_id", "crl_next_update_s",
 };
 
 static int numbers_strict(const char *path, char *err, size_t err_size)

@@ -67,6 +67,9 @@ struct gw_config {
     unsigned http01_port;     /* 0 = 80 */
     unsigned http01_timeout_ms; /* 0 = 5000 */
     char *http01_address;       /* tests only: connect here instead of resolving the name */
+    char *nonce_key_file; /* several instances: shared nonce key (32 bytes, 0600); every
+                           * redemption is then recorded in the shared store */
+    unsigned instance_id; /* 0..255, distinct per instance: the nonce prefix */
     char *log_level;
     char *pid_file;
     unsigned crl_next_update_s; /* CRL nextUpdate - thisUpdate; 0 = 86400 (24 h) */

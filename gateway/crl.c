@@ -18,10 +18,12 @@
  *   - at half the nextUpdate interval, so relying parties never see a stale CRL;
  *   - GW_CRL_RETRY_MS after a failure (HSM lost, store busy).
  *
- * Multi-instance (a later issue): crl_generate() is the single boundary where a CRL is made and
- * published. With several gateways on one store exactly one of them (the holder of a store lease)
- * should run it and write the DER into the store; the others would poll and load that DER into
- * the same in-memory slot instead of signing their own. Nothing outside this file needs to change.
+ * Several gateways on one store: exactly one instance writes each issuer's CRL, the holder of a
+ * lease row in the store (st_crl_lease: one conditional upsert, GW_CRL_LEASE_S long, renewed at
+ * every poll). The holder signs, publishes in memory and stores the DER (st_crl_put); every other
+ * instance loads the stored CRL into the same in-memory slot at each poll (crl_load) and signs
+ * nothing. A crashed holder's lease runs out and the next instance to poll takes it over and
+ * signs a fresh CRL: within GW_CRL_LEASE_S + GW_CRL_POLL_MS. A single gateway is its own holder.
  */
 #include "gateway/crl.h"
 
@@ -37,9 +39,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -47,6 +51,7 @@
 #define GW_CRL_COALESCE_MS 1000
 #define GW_CRL_POLL_MS     2000
 #define GW_CRL_RETRY_MS    5000
+#define GW_CRL_LEASE_S     10
 
 struct crl_entry {
     struct gw_issuer *issuer; /* borrowed from the server */
@@ -61,6 +66,7 @@ struct crl_entry {
     int64_t kick_ms;                  /* monotonic ms: generate at or after this */
     /* CRL thread only: */
     int64_t marker; /* last revocation marker seen in the store */
+    int holder;     /* we held the writer's lease at the last check */
 };
 
 static struct {
@@ -72,6 +78,7 @@ static struct {
     size_t n;
     int stop, started;
     pthread_t tid;
+    char owner[128]; /* this instance's name in the lease: host:pid:random */
 } crl = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int64_t mono_ms(void)
@@ -175,6 +182,54 @@ static void http_date(int64_t t, char *buf, size_t size)
  * the store and the HSM. This is the one boundary a multi-instance gateway needs to guard (see
  * the top of the file).
  */
+/* Puts a signed CRL into the entry's in-memory slot (takes der). */
+static void crl_publish(struct crl_entry *e, unsigned char *der, size_t der_len, uint64_t number,
+                        int64_t this_update, int64_t next_update)
+{
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    char etag[GW_CRL_ETAG_SIZE], date[GW_CRL_DATE_SIZE];
+
+    SHA256(der, der_len, digest);
+    etag[0] = '"';
+    for (size_t i = 0; i < 8; i++)
+        snprintf(etag + 1 + 2 * i, 3, "%02x", digest[i]);
+    etag[17] = '"';
+    etag[18] = '\0';
+    http_date(this_update, date, sizeof(date));
+    pthread_mutex_lock(&crl.lock);
+    free(e->der);
+    e->der = der;
+    e->der_len = der_len;
+    memcpy(e->etag, etag, sizeof(etag));
+    memcpy(e->last_modified, date, sizeof(date));
+    e->number = number;
+    e->this_update = this_update;
+    e->next_update = next_update;
+    pthread_mutex_unlock(&crl.lock);
+}
+
+/* Another instance writes this issuer's CRL: serve the newest one it stored. */
+static int crl_load(struct crl_entry *e)
+{
+    unsigned char *der = NULL;
+    size_t len = 0;
+    uint64_t number = 0, have;
+    int64_t tu = 0, nu = 0;
+    int err = st_crl_get(crl.srv->store, e->issuer->name, &number, &tu, &nu, &der, &len);
+
+    pthread_mutex_lock(&crl.lock);
+    have = e->der != NULL ? e->number : 0;
+    pthread_mutex_unlock(&crl.lock);
+    if (err == 0 && number > have) {
+        crl_publish(e, der, len, number, tu, nu);
+        LOG_INFO("crl.loaded", "issuer=%s number=%llu from=store", e->issuer->name,
+                 (unsigned long long)number);
+        der = NULL;
+    }
+    free(der);
+    return err == AGW_ERR_NOT_FOUND ? 0 : err;
+}
+
 static int crl_generate(struct crl_entry *e)
 {
     struct gw_server *srv = crl.srv;
@@ -185,15 +240,23 @@ static int crl_generate(struct crl_entry *e)
     int64_t next = now + (int64_t)srv->cfg->crl_next_update_s;
     const X509 *ca = hsm_ca_cert(e->issuer->signer);
     X509_CRL *x = NULL;
-    unsigned char *tbs = NULL, digest[SHA256_DIGEST_LENGTH];
+    unsigned char *tbs = NULL;
     size_t tbs_len = 0;
     struct hsm_request req;
     struct hsm_response resp = {0, NULL, 0};
-    char etag[GW_CRL_ETAG_SIZE], date[GW_CRL_DATE_SIZE];
     int err;
 
     if (ca == NULL)
         return AGW_ERR_INTERNAL;
+    {
+        int granted = 0;
+        err = st_crl_lease(srv->store, e->issuer->name, crl.owner, now, GW_CRL_LEASE_S, &granted);
+        if (err != 0)
+            return err;
+        e->holder = granted;
+        if (!granted)
+            return crl_load(e);
+    }
     err = st_revoked_list(srv->store, e->issuer->name, now, &rv, &n);
     if (err == 0)
         err = st_crl_next_number(srv->store, e->issuer->name, &number);
@@ -213,25 +276,12 @@ static int crl_generate(struct crl_entry *e)
                  (unsigned long long)number, agw_err_str(err));
         goto out;
     }
-    SHA256(resp.der, resp.der_len, digest);
-    etag[0] = '"';
-    for (size_t i = 0; i < 8; i++)
-        snprintf(etag + 1 + 2 * i, 3, "%02x", digest[i]);
-    etag[17] = '"';
-    etag[18] = '\0';
-    http_date(now, date, sizeof(date));
-
-    pthread_mutex_lock(&crl.lock);
-    free(e->der);
-    e->der = resp.der;
-    e->der_len = resp.der_len;
+    /* for the other instances (and for ourselves after a restart) */
+    if (st_crl_put(srv->store, e->issuer->name, number, now, next, resp.der, resp.der_len) != 0)
+        LOG_WARN("crl.store_failed", "issuer=%s number=%llu", e->issuer->name,
+                 (unsigned long long)number);
+    crl_publish(e, resp.der, resp.der_len, number, now, next);
     resp.der = NULL; /* moved into the entry */
-    memcpy(e->etag, etag, sizeof(etag));
-    memcpy(e->last_modified, date, sizeof(date));
-    e->number = number;
-    e->this_update = now;
-    e->next_update = next;
-    pthread_mutex_unlock(&crl.lock);
     LOG_INFO("crl.published", "issuer=%s number=%llu entries=%zu next_update=%lld", e->issuer->name,
              (unsigned long long)number, n, (long long)next);
 out:
@@ -294,10 +344,24 @@ static void *crl_main(void *arg)
                 struct crl_entry *e = &crl.entries[i];
                 int64_t m = 0;
 
+                int granted = 0;
+
                 if (st_revocation_marker(crl.srv->store, e->issuer->name, &m) == 0 &&
                     m != e->marker) {
                     e->marker = m;
                     gw_crl_kick(e->issuer->name);
+                }
+                /* renew the writer's lease, take it over from a crashed holder, or follow the
+                 * holder's latest CRL */
+                if (st_crl_lease(crl.srv->store, e->issuer->name, crl.owner, (int64_t)time(NULL),
+                                 GW_CRL_LEASE_S, &granted) == 0) {
+                    if (granted && !e->holder) {
+                        LOG_INFO("crl.writer", "issuer=%s owner=%s", e->issuer->name, crl.owner);
+                        gw_crl_kick(e->issuer->name);
+                    } else if (!granted) {
+                        (void)crl_load(e);
+                    }
+                    e->holder = granted;
                 }
             }
             next_poll = mono_ms() + GW_CRL_POLL_MS;
@@ -329,6 +393,15 @@ int gw_crl_start(struct gw_server *srv)
     pthread_condattr_t ca;
 
     crl.srv = srv;
+    {
+        char host[64] = "host";
+        unsigned char r[4] = {0};
+        gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = '\0';
+        RAND_bytes(r, sizeof(r));
+        snprintf(crl.owner, sizeof(crl.owner), "%.60s:%ld:%02x%02x%02x%02x", host,
+                 (long)getpid(), r[0], r[1], r[2], r[3]);
+    }
     crl.entries = calloc(srv->n_issuers > 0 ? srv->n_issuers : 1, sizeof(*crl.entries));
     if (crl.entries == NULL)
         return AGW_ERR_NOMEM;

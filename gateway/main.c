@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -155,6 +156,43 @@ static int open_issuers(struct gw_server *srv)
     return 0;
 }
 
+/* Shared nonces: the store's unique key decides, across instances, which use is the first. */
+static int nonce_redeem_in_store(void *arg, const char *id, int64_t expires)
+{
+    static unsigned long n_redeemed; /* atomic */
+    struct gw_server *srv = arg;
+    int err = st_nonce_redeem(srv->store, id, expires);
+
+    if (__atomic_add_fetch(&n_redeemed, 1, __ATOMIC_RELAXED) % 4096 == 0)
+        (void)st_nonce_purge(srv->store, (int64_t)time(NULL)); /* expired records */
+    if (err != 0 && err != AGW_ERR_CONFLICT)
+        LOG_WARN("nonce.store_failed", "error=\"%s\"", agw_err_str(err));
+    return err;
+}
+
+static int open_nonces(struct gw_server *srv)
+{
+    unsigned char key[32];
+    char *path;
+    int err = gw_nonces_new(0, 0, (uint8_t)srv->cfg->instance_id, &srv->nonces);
+
+    if (err != 0 || srv->cfg->nonce_key_file == NULL)
+        return err;
+    path = gw_config_path(srv->cfg, srv->cfg->nonce_key_file);
+    err = path != NULL ? st_seal_key_load(path, 1, key) : AGW_ERR_NOMEM; /* 32 bytes, 0600 */
+    if (err == 0) {
+        gw_nonces_share(srv->nonces, key, nonce_redeem_in_store, srv);
+        LOG_INFO("nonce.shared", "instance=%u key_file=%s", srv->cfg->instance_id,
+                 srv->cfg->nonce_key_file);
+    } else {
+        LOG_ERROR("nonce.key", "file=%s error=\"%s\"", srv->cfg->nonce_key_file,
+                  agw_err_str(err));
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    free(path);
+    return err;
+}
+
 static void server_free(struct gw_server *srv)
 {
     for (size_t i = 0; i < srv->n_issuers; i++)
@@ -240,7 +278,7 @@ int main(int argc, char **argv)
     if (err == 0)
         err = open_issuers(&srv);
     if (err == 0)
-        err = gw_nonces_new(0, 0, 0, &srv.nonces);
+        err = open_nonces(&srv);
     if (err == 0)
         err = gw_acme_directory_build(&srv);
     if (err == 0)

@@ -1,15 +1,19 @@
 /*
  * gateway/nonce.c - Replay-Nonce issue and check (RFC 8555 §6.5, §7.2).
  *
- * A nonce is authenticated, not stored: 32 bytes = version/prefix (1), issue time (4, seconds
- * since our epoch), counter (8), random (3), HMAC-SHA256 truncated to 16 bytes over the first 16.
+ * A nonce is authenticated, not stored: 32 bytes = prefix (1: the instance), issue time (4, unix
+ * seconds), counter (8), random (3), HMAC-SHA256 truncated to 16 bytes over the first 16.
  * A forged nonce fails the MAC; an expired one fails the time check; a replay is refused by a
  * bitmap of the last `window` counters (one bit each, set atomically on redemption, cleared when
  * the counter slot is reused). So a nonce we issued stays valid until used, for its lifetime,
  * as long as fewer than `window` nonces were issued after it (2^24 by default, 2 MiB of memory):
  * some clients never retry badNonce, so a false rejection must not happen under normal load.
- * The MAC key is random per process; the prefix byte leaves room for several instances behind a
- * load balancer (a later issue shares the key and records redemptions in the database).
+ * The MAC key is random per process (a restart invalidates outstanding nonces rather than risk a
+ * replay the new bitmap cannot see).
+ *
+ * Several instances (gw_nonces_share): the key is shared, any prefix is accepted, and a
+ * redemption is recorded in the shared store instead of the bitmap, so a nonce from any
+ * instance is good once at any instance, with no sticky sessions. Cost: one INSERT per request.
  */
 #include "gateway/nonce.h"
 
@@ -33,9 +37,10 @@ struct gw_nonces {
     uint64_t counter;   /* atomic: next counter to issue */
     uint64_t *bitmap;   /* atomic words: bit set = counter redeemed */
     uint64_t window;    /* power of two */
-    time_t epoch;       /* issue times are relative to this */
     unsigned lifetime_s;
     uint8_t prefix;
+    gw_nonce_redeem_fn shared_redeem; /* set by gw_nonces_share(): record in the store */
+    void *shared_arg;
 };
 
 int gw_nonces_new(size_t window, unsigned lifetime_s, uint8_t prefix, struct gw_nonces **out)
@@ -57,11 +62,18 @@ int gw_nonces_new(size_t window, unsigned lifetime_s, uint8_t prefix, struct gw_
         return AGW_ERR_NOMEM;
     }
     n->window = w;
-    n->epoch = time(NULL) - 1;
     n->lifetime_s = lifetime_s != 0 ? lifetime_s : 3600 + 600;
     n->prefix = prefix;
     *out = n;
     return 0;
+}
+
+void gw_nonces_share(struct gw_nonces *n, const unsigned char key[32], gw_nonce_redeem_fn redeem,
+                     void *arg)
+{
+    memcpy(n->key, key, sizeof(n->key));
+    n->shared_redeem = redeem;
+    n->shared_arg = arg;
 }
 
 void gw_nonces_free(struct gw_nonces *n)
@@ -103,12 +115,12 @@ void gw_nonce_issue(struct gw_nonces *n, char out[GW_NONCE_TEXT_LEN + 1])
     unsigned char raw[NONCE_RAW_LEN];
     uint64_t c = __atomic_fetch_add(&n->counter, 1, __ATOMIC_RELAXED);
     uint64_t slot = c & (n->window - 1);
-    uint64_t age = (uint64_t)(time(NULL) - n->epoch);
+    uint64_t issued = (uint64_t)time(NULL) & 0xffffffffu;
 
     /* the slot now belongs to counter c: forget the redemption of counter c - window */
     __atomic_fetch_and(&n->bitmap[slot / 64], ~((uint64_t)1 << (slot % 64)), __ATOMIC_RELEASE);
     raw[0] = n->prefix;
-    put_be(raw + 1, age, 4);
+    put_be(raw + 1, issued, 4);
     put_be(raw + 5, c, 8);
     RAND_bytes(raw + 13, 3);
     nonce_mac(n, raw, raw + NONCE_MAC_OFF);
@@ -120,7 +132,7 @@ int gw_nonce_redeem(struct gw_nonces *n, const char *text, size_t len)
     unsigned char *raw = NULL, mac[NONCE_RAW_LEN - NONCE_MAC_OFF];
     size_t raw_len = 0;
     uint64_t c, next, slot, bit, old, issued;
-    int64_t now_rel;
+    int64_t now;
     int err = AGW_ERR_BAD_NONCE;
 
     if (text == NULL || len != GW_NONCE_TEXT_LEN)
@@ -128,12 +140,25 @@ int gw_nonce_redeem(struct gw_nonces *n, const char *text, size_t len)
     if (gw_b64url_decode(text, len, &raw, &raw_len) != 0 || raw_len != NONCE_RAW_LEN)
         goto out;
     nonce_mac(n, raw, mac);
-    if (CRYPTO_memcmp(mac, raw + NONCE_MAC_OFF, sizeof(mac)) != 0 || raw[0] != n->prefix)
+    if (CRYPTO_memcmp(mac, raw + NONCE_MAC_OFF, sizeof(mac)) != 0 ||
+        (n->shared_redeem == NULL && raw[0] != n->prefix))
         goto out;
     issued = get_be(raw + 1, 4);
-    now_rel = (int64_t)(time(NULL) - n->epoch);
-    if ((int64_t)issued > now_rel + 5 || now_rel - (int64_t)issued > (int64_t)n->lifetime_s)
+    now = (int64_t)time(NULL);
+    if ((int64_t)issued > now + 5 || now - (int64_t)issued > (int64_t)n->lifetime_s)
         goto out;
+    if (n->shared_redeem != NULL) {
+        char id[2 * NONCE_MAC_OFF + 1];
+        static const char hex[] = "0123456789abcdef";
+        for (size_t i = 0; i < NONCE_MAC_OFF; i++) {
+            id[2 * i] = hex[raw[i] >> 4];
+            id[2 * i + 1] = hex[raw[i] & 15];
+        }
+        id[2 * NONCE_MAC_OFF] = '\0';
+        if (n->shared_redeem(n->shared_arg, id, (int64_t)issued + n->lifetime_s + 60) == 0)
+            err = 0;
+        goto out;
+    }
     c = get_be(raw + 5, 8);
     next = __atomic_load_n(&n->counter, __ATOMIC_ACQUIRE);
     if (c >= next || next - c > n->window)

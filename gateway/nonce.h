@@ -19,6 +19,17 @@ struct gw_nonces; /* opaque, shared by all threads */
  */
 int gw_nonces_new(size_t window, unsigned lifetime_s, uint8_t prefix, struct gw_nonces **out);
 void gw_nonces_free(struct gw_nonces *n);
+/*
+ * Several instances behind a load balancer: every instance gets the same 32-byte key (so any of
+ * them can authenticate a nonce any of them issued, whatever its prefix) and records each
+ * redemption through redeem(arg, id, expires): id is the hex of the nonce's authenticated bytes,
+ * and redeem returns 0 the first time and non-zero for a replay (the store's unique key decides
+ * across instances). The local bitmap is not used then. Call before any nonce is issued.
+ */
+typedef int (*gw_nonce_redeem_fn)(void *arg, const char *id, int64_t expires);
+void gw_nonces_share(struct gw_nonces *n, const unsigned char key[32], gw_nonce_redeem_fn redeem,
+                     void *arg);
+
 /* Writes a fresh nonce (GW_NONCE_TEXT_LEN chars + NUL) into out. Lock-free, thread-safe. */
 void gw_nonce_issue(struct gw_nonces *n, char out[GW_NONCE_TEXT_LEN + 1]);
 /* 0 and marks it used if it is ours, unused, in the window and not expired; else

@@ -110,6 +110,48 @@ static void nonce_each_accepted_once_across_threads(void)
     gw_nonces_free(shared);
 }
 
+/* A stand-in for the shared store: the set of redeemed ids, unique. */
+static char used[64][33];
+static int n_used;
+
+static int shared_redeem(void *arg, const char *id, int64_t expires)
+{
+    (void)arg;
+    CHECK(expires > 0);
+    for (int i = 0; i < n_used; i++)
+        if (strcmp(used[i], id) == 0)
+            return -1;
+    if (n_used == 64 || strlen(id) != 32)
+        return -1;
+    strcpy(used[n_used++], id);
+    return 0;
+}
+
+static void nonce_shared_by_instances_is_good_once_anywhere(void)
+{
+    static const unsigned char key[32] = {1, 2, 3};
+    struct gw_nonces *a, *b, *lone;
+    char na[GW_NONCE_TEXT_LEN + 1], nb[GW_NONCE_TEXT_LEN + 1], nl[GW_NONCE_TEXT_LEN + 1];
+
+    CHECK_INT(gw_nonces_new(0, 0, 1, &a), 0);
+    CHECK_INT(gw_nonces_new(0, 0, 2, &b), 0);
+    CHECK_INT(gw_nonces_new(0, 0, 3, &lone), 0); /* not sharing: its own random key */
+    gw_nonces_share(a, key, shared_redeem, NULL);
+    gw_nonces_share(b, key, shared_redeem, NULL);
+    gw_nonce_issue(a, na);
+    gw_nonce_issue(b, nb);
+    gw_nonce_issue(lone, nl);
+    CHECK_INT(gw_nonce_redeem(b, na, strlen(na)), 0); /* issued by a, used at b */
+    CHECK_INT(gw_nonce_redeem(a, na, strlen(na)), AGW_ERR_BAD_NONCE); /* replay at the issuer */
+    CHECK_INT(gw_nonce_redeem(b, na, strlen(na)), AGW_ERR_BAD_NONCE);
+    CHECK_INT(gw_nonce_redeem(a, nb, strlen(nb)), 0);
+    CHECK_INT(gw_nonce_redeem(a, nl, strlen(nl)), AGW_ERR_BAD_NONCE); /* another key */
+    CHECK_INT(n_used, 2);
+    gw_nonces_free(lone);
+    gw_nonces_free(b);
+    gw_nonces_free(a);
+}
+
 int main(void)
 {
     RUN(nonce_redeems_once);
@@ -117,5 +159,6 @@ int main(void)
     RUN(nonce_outside_window_is_refused);
     RUN(nonce_old_unused_still_valid_within_window);
     RUN(nonce_each_accepted_once_across_threads);
+    RUN(nonce_shared_by_instances_is_good_once_anywhere);
     return CHECK_DONE();
 }
