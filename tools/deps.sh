@@ -4,7 +4,7 @@
 ACMEGW_PACKAGES="meson ninja-build pkg-config gcc libc6-dev libh2o-evloop-dev libp11-dev
   libp11-kit-dev libssl-dev openssl libjansson-dev libsqlite3-dev sqlite3 libcyaml-dev libyaml-dev
   softhsm2 opensc curl ca-certificates python3 python3-cryptography certbot lego libpq-dev
-  postgresql"
+  postgresql haproxy"
 
 acmegw_install_deps() {
     local missing="" p sudo=""

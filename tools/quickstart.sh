@@ -8,7 +8,9 @@
 #
 # Environment: ACMEGW_STATE (default ./state), ACMEGW_PORT (default 8443), ACMEGW_BUILD_DIR
 # (default ./build), ACMEGW_NO_INSTALL=1 / ACMEGW_NO_BUILD=1 to skip apt-get / the build,
-# SOFTHSM2_MODULE (default Debian's SoftHSM2).
+# SOFTHSM2_MODULE (default Debian's SoftHSM2), ACMEGW_STORE_CONNINFO (PostgreSQL store),
+# ACMEGW_NO_START=1 to prepare the state (token, CA, config, EAB keys) and exit without starting
+# the gateway (tools/cluster.sh starts its own gateways from that state).
 #
 # What it does: installs the Debian packages, builds, creates $ACMEGW_STATE holding a SoftHSM2
 # token, runs the key ceremony with tools/acmegw-ceremony (root and issuing intermediate keys
@@ -328,6 +330,10 @@ for cls in devices web-servers lab; do
 done
 
 # ------------------------------------------------------------------ start
+if [ "${ACMEGW_NO_START:-0}" = 1 ]; then
+    write_env ""
+    exit 0
+fi
 pid=$(running_pid || true)
 if [ -z "$pid" ]; then
     log "starting acmegw on port $PORT (log: $STATE/acmegw.log)"

@@ -259,8 +259,12 @@ def tls_context():
 class Client:
     """One keep-alive HTTPS connection to the gateway plus the ACME state of one account."""
 
-    def __init__(self, key=None, directory_url=None, ctx=None, timeout=30):
+    def __init__(self, key=None, directory_url=None, ctx=None, timeout=30, connect_to=None):
         self.directory_url = directory_url or env("ACMEGW_DIRECTORY")
+        # connect_to "http://host:port": one gateway behind a load balancer, spoken to directly in
+        # plain HTTP, while every URL (the JWS "url" too) stays the balancer's, as the gateway's
+        # base_url expects
+        self.connect_to = urllib.parse.urlsplit(connect_to) if connect_to else None
         u = urllib.parse.urlsplit(self.directory_url)
         self.host, self.port = u.hostname, u.port or 443
         self.base = "%s://%s" % (u.scheme, u.netloc)
@@ -275,6 +279,10 @@ class Client:
 
     # -- transport
     def _connect(self):
+        if self.connect_to is not None:
+            self.conn = http.client.HTTPConnection(self.connect_to.hostname, self.connect_to.port,
+                                                   timeout=self.timeout)
+            return
         self.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx,
                                                 timeout=self.timeout)
 
@@ -439,9 +447,27 @@ def parse_raw_status(resp):
 
 # ------------------------------------------------------------------ store snapshot
 
+def _pg_snapshot(conninfo):
+    """The same snapshot of a PostgreSQL store, through psql (values as text)."""
+    def psql(sql):
+        p = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-R", "\x1e", "-d",
+                            conninfo, "-c", sql], capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError("psql: %s" % p.stderr)
+        return [r for r in p.stdout.rstrip("\n").split("\x1e") if r != ""]
+    out = {}
+    for t in psql("SELECT table_name FROM information_schema.tables "
+                  "WHERE table_schema = 'public' ORDER BY 1"):
+        out[t] = [tuple(r.split("\x1f")) for r in psql('SELECT * FROM "%s" ORDER BY 1' % t)]
+    return out
+
+
 def snapshot(path=None):
     """{table: [row, ...]} for every table, rows ordered; opened read-only (WAL: safe while
-    the gateway runs)."""
+    the gateway runs). A PostgreSQL store (ACMEGW_STORE_CONNINFO, set per test by lib.sh) is
+    read through psql instead."""
+    if path is None and os.environ.get("ACMEGW_STORE_CONNINFO"):
+        return _pg_snapshot(os.environ["ACMEGW_STORE_CONNINFO"])
     path = path or os.path.join(env("ACMEGW_STATE"), "acmegw.db")
     db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True, timeout=10)
     try:
