@@ -22,6 +22,7 @@
 #include "policy/policy.h"
 #include "store/store.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +32,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #define MAX_CONTACTS    10
 #define MAX_CONTACT_LEN 320
@@ -1296,6 +1298,38 @@ static int reason_allowed(json_int_t r)
     return r == 0 || r == 1 || r == 3 || r == 4 || r == 5;
 }
 
+/* 1 if c's account holds valid, unexpired authorizations for every SAN of x (and x has one). */
+static int account_authorized_for(struct acme_ctx *c, X509 *x)
+{
+    GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    int n = sans != NULL ? sk_GENERAL_NAME_num(sans) : 0, ok = n > 0;
+
+    for (int i = 0; ok && i < n; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+        char value[256];
+        const char *type = NULL;
+        int found = 0;
+
+        if (g->type == GEN_DNS && g->d.dNSName->length > 0 &&
+            (size_t)g->d.dNSName->length < sizeof(value)) {
+            memcpy(value, g->d.dNSName->data, (size_t)g->d.dNSName->length);
+            value[g->d.dNSName->length] = '\0';
+            type = strlen(value) == (size_t)g->d.dNSName->length ? "dns" : NULL;
+        } else if (g->type == GEN_IPADD && (g->d.iPAddress->length == 4 ||
+                                            g->d.iPAddress->length == 16)) {
+            type = inet_ntop(g->d.iPAddress->length == 4 ? AF_INET : AF_INET6,
+                             g->d.iPAddress->data, value, sizeof(value)) != NULL
+                       ? "ip"
+                       : NULL;
+        }
+        if (type == NULL || st_authz_valid_for(c->srv->store, c->acct.id, type, value, c->now,
+                                               &found) != 0 || !found)
+            ok = 0;
+    }
+    GENERAL_NAMES_free(sans);
+    return ok;
+}
+
 static void handle_revoke(struct acme_ctx *c)
 {
     const char *b64 = c->jws.payload != NULL
@@ -1353,7 +1387,10 @@ static void handle_revoke(struct acme_ctx *c)
         goto out;
     }
     if (c->have_acct) {
-        if (strcmp(cert.account_id, c->acct.id) != 0) {
+        /* §7.6: the account that ordered it, or one holding valid authorizations for every
+         * identifier in it */
+        if (strcmp(cert.account_id, c->acct.id) != 0 &&
+            !account_authorized_for(c, x)) {
             gw_response_problem(c->resp, AGW_ERR_UNAUTHORIZED,
                                 "this account may not revoke this certificate");
             goto out;

@@ -1901,6 +1901,30 @@ static int pg_revocation_marker(struct st_store *s, const char *issuer, int64_t 
                       "revocation_marker", issuer, marker);
 }
 
+static int pg_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
+                              const char *id_value, int64_t now, int *found)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL || found == NULL || !st_given(account_id, ST_ID_LEN) ||
+        !st_given(id_type, ST_STATE_LEN) || !st_given(id_value, 1024))
+        return AGW_ERR_BAD_INPUT;
+    *found = 0;
+    c = conn_get(s, &slot);
+    err = pg_execf(c, "authz_valid_for",
+                   "SELECT 1 FROM authorizations WHERE account_id = $1 AND id_type = $2 AND "
+                   "id_value = $3 AND status = 'valid' AND expires > $4 LIMIT 1",
+                   &r, "ttti", account_id, id_type, id_value, now);
+    if (err == 0)
+        *found = PQntuples(r) > 0;
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
 static int pg_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
 {
     PGresult *r = NULL;
@@ -2067,6 +2091,7 @@ const struct st_ops st_postgres_ops = {
     .crl_next_number = pg_crl_next_number,
     .crl_number = pg_crl_number,
     .revocation_marker = pg_revocation_marker,
+    .authz_valid_for = pg_authz_valid_for,
     .nonce_redeem = pg_nonce_redeem,
     .nonce_purge = pg_nonce_purge,
     .crl_lease = pg_crl_lease,

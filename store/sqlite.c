@@ -2089,6 +2089,37 @@ static int sq_write(struct st_store *s, const char *op, const char *sql, long *c
     return err;
 }
 
+static int sq_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
+                              const char *id_value, int64_t now, int *found)
+{
+    sqlite3_stmt *st = NULL;
+    size_t slot;
+    sqlite3 *db;
+    int rc, err;
+
+    if (s == NULL || found == NULL || !st_given(account_id, ST_ID_LEN) ||
+        !st_given(id_type, ST_STATE_LEN) || !st_given(id_value, 1024))
+        return AGW_ERR_BAD_INPUT;
+    *found = 0;
+    db = rd_get(s, &slot);
+    err = prep(db,
+               "SELECT 1 FROM authorizations WHERE account_id = ? AND id_type = ? AND "
+               "id_value = ? AND status = 'valid' AND expires > ? LIMIT 1",
+               &st, "authz_valid_for");
+    if (err == 0)
+        err = bindv(db, st, "authz_valid_for", "ttti", account_id, id_type, id_value, now);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *found = 1;
+        else if (rc != SQLITE_DONE)
+            err = sql_err(db, rc, "authz_valid_for");
+    }
+    sqlite3_finalize(st);
+    rd_put(s, slot);
+    return err;
+}
+
 static int sq_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
 {
     if (s == NULL || !st_given(id, 65))
@@ -2221,6 +2252,7 @@ const struct st_ops st_sqlite_ops = {
     .crl_next_number = sq_crl_next_number,
     .crl_number = sq_crl_number,
     .revocation_marker = sq_revocation_marker,
+    .authz_valid_for = sq_authz_valid_for,
     .nonce_redeem = sq_nonce_redeem,
     .nonce_purge = sq_nonce_purge,
     .crl_lease = sq_crl_lease,

@@ -239,6 +239,12 @@ int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker
     return ops_of(s)->revocation_marker(s, issuer, marker);
 }
 
+int st_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
+                       const char *id_value, int64_t now, int *found)
+{
+    return ops_of(s)->authz_valid_for(s, account_id, id_type, id_value, now, found);
+}
+
 int st_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
 {
     return ops_of(s)->nonce_redeem(s, id, expires);

@@ -199,6 +199,10 @@ int st_authz_get(struct st_store *s, const char *id, struct st_authz *out);
 int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
                            size_t *n);
 int st_authz_transition(struct st_store *s, const char *id, const char *from, const char *to);
+/* *found = 1 if the account holds a valid authorization for the identifier that has not expired
+ * at now (RFC 8555 §7.6: such an account may revoke certificates naming it). */
+int st_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
+                       const char *id_value, int64_t now, int *found);
 
 int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *out);
 int st_challenge_list_by_authz(struct st_store *s, const char *authz_id,

@@ -336,6 +336,26 @@ def test_revocation(c, chain):
     r = c.post(url, {"certificate": A.b64u(der2)}, key=certkey, use_jwk=True)
     T.problem(r, 400, "alreadyRevoked", "revoke again with the certificate's key:")
 
+    T.begin("revocation by another account holding authorizations for every name (§7.6)")
+    names = [name("authz-a"), name("authz-b")]
+    _, _, chain3, _ = c.issue(names)
+    der3 = A.cert_der(A.split_pem_chain(chain3)[0])
+    stranger = A.Client()
+    stranger.directory()
+    T.status(stranger.new_account(), 201, "a second account")
+    snap = A.snapshot()
+    r = stranger.post(url, {"certificate": A.b64u(der3)})
+    T.problem(r, 403, "unauthorized", "without authorizations:")
+    T.check(A.snapshot_diff(snap, A.snapshot()) == [], "refused revocation changed nothing")
+    T.status(stranger.new_order(names[:1]), 201, "second account orders one of the names")
+    r = stranger.post(url, {"certificate": A.b64u(der3)})
+    T.problem(r, 403, "unauthorized", "with an authorization for only one name:")
+    T.status(stranger.new_order(names[1:]), 201, "... and then the other")
+    r = stranger.post(url, {"certificate": A.b64u(der3), "reason": 5})
+    T.status(r, 200, "revokeCert by the account holding authorizations for both names")
+    rows = A.query("SELECT status, reason FROM certificates WHERE der = ?", (der3,))
+    T.eq(rows, [("revoked", 5)], "store row of the certificate revoked by the other account")
+
 
 # ------------------------------------------------------------------ other key types
 
