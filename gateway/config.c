@@ -97,6 +97,7 @@ static const cyaml_schema_field_t config_fields[] = {
     OSTR("http01_address", struct gw_config, http01_address),
     OSTR("nonce_key_file", struct gw_config, nonce_key_file),
     OUINT("instance_id", struct gw_config, instance_id),
+    OUINT("processing_timeout_s", struct gw_config, processing_timeout_s),
     OSTR("log_level", struct gw_config, log_level),
     OSTR("pid_file", struct gw_config, pid_file),
     OUINT("crl_next_update_s", struct gw_config, crl_next_update_s),
@@ -276,6 +277,13 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
         set_err(err, size, path, "http01_port must be 1..65535");
         return AGW_ERR_BAD_CONFIG;
     }
+    if (c->processing_timeout_s == 0) {
+        unsigned longest = 5000;
+        for (unsigned i = 0; i < c->issuers_count; i++)
+            if (c->issuers[i].timeout_ms > longest)
+                longest = c->issuers[i].timeout_ms;
+        c->processing_timeout_s = 2 * (longest / 1000 + 1) + 10;
+    }
     if (c->instance_id > 255) {
         set_err(err, size, path, "instance_id must be 0..255");
         return AGW_ERR_BAD_CONFIG;
@@ -303,7 +311,7 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
  * any numeric field whose scalar is not all digits, with its line, before libcyaml runs. */
 static const char *const numeric_keys[] = {
     "port", "threads", "workers", "timeout_ms", "validity_days", "max_body", "max_identifiers",
-    "order_lifetime_s", "http01_port", "http01_timeout_ms", "instance_id", "crl_next_update_s",
+    "order_lifetime_s", "http01_port", "http01_timeout_ms", "instance_id", "processing_timeout_s", "crl_next_update_s",
 };
 
 static int numbers_strict(const char *path, char *err, size_t err_size)

@@ -70,6 +70,9 @@ struct gw_config {
     char *nonce_key_file; /* several instances: shared nonce key (32 bytes, 0600); every
                            * redemption is then recorded in the shared store */
     unsigned instance_id; /* 0..255, distinct per instance: the nonce prefix */
+    unsigned processing_timeout_s; /* an order processing longer than this was left by a dead
+                                    * gateway: it becomes invalid. 0 = 2 x the longest issuer
+                                    * deadline + 10 s */
     char *log_level;
     char *pid_file;
     unsigned crl_next_update_s; /* CRL nextUpdate - thisUpdate; 0 = 86400 (24 h) */

@@ -364,6 +364,20 @@ static void *crl_main(void *arg)
                     e->holder = granted;
                 }
             }
+            /* orders a dead gateway (any instance) left in processing: end them, so clients
+             * stop polling and order again (every instance sweeps; the UPDATE is idempotent) */
+            {
+                static const char stale_err[] =
+                    "{\"type\":\"urn:ietf:params:acme:error:serverInternal\","
+                    "\"detail\":\"issuance was interrupted; place a new order\",\"status\":500}";
+                int64_t n_stale = 0;
+                if (st_order_fail_stale(crl.srv->store, crl.srv->cfg->processing_timeout_s,
+                                        stale_err, &n_stale) == 0 &&
+                    n_stale > 0)
+                    LOG_WARN("order.recovered", "orders=%lld state=processing->invalid "
+                             "after_s=%u", (long long)n_stale,
+                             crl.srv->cfg->processing_timeout_s);
+            }
             next_poll = mono_ms() + GW_CRL_POLL_MS;
             pthread_mutex_lock(&crl.lock);
             continue;

@@ -73,6 +73,8 @@ struct st_ops {
     int (*crl_next_number)(struct st_store *s, const char *issuer, uint64_t *number);
     int (*crl_number)(struct st_store *s, const char *issuer, uint64_t *number);
     int (*revocation_marker)(struct st_store *s, const char *issuer, int64_t *marker);
+    int (*order_fail_stale)(struct st_store *s, int64_t age_s, const char *error_json,
+                            int64_t *n);
     int (*authz_valid_for)(struct st_store *s, const char *account_id, const char *id_type,
                            const char *id_value, int64_t now, int *found);
     int (*nonce_redeem)(struct st_store *s, const char *id, int64_t expires);

@@ -171,6 +171,9 @@ static const char *const migrations[] = {
     "  until BIGINT NOT NULL);"
     "CREATE TABLE crls (issuer TEXT PRIMARY KEY, number BIGINT NOT NULL,"
     "  this_update BIGINT NOT NULL, next_update BIGINT NOT NULL, der BYTEA NOT NULL);",
+    /* 5: when an order last changed state, to recover one a dead gateway left in processing */
+    "ALTER TABLE orders ADD COLUMN updated BIGINT NOT NULL DEFAULT 0;"
+    "CREATE INDEX orders_status_updated ON orders(status, updated);",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1310,8 +1313,8 @@ static int pg_order_transition(struct st_store *s, const char *id, const char *f
         return AGW_ERR_BAD_INPUT;
     /* error_json NULL keeps what is there */
     return cond_update(s, "order_transition",
-                       "UPDATE orders SET status = $1, error_json = COALESCE($2::text, error_json) "
-                       "WHERE id = $3 AND status = $4",
+                       "UPDATE orders SET status = $1, error_json = COALESCE($2::text, error_json), "
+                       "updated = extract(epoch from now())::bigint WHERE id = $3 AND status = $4",
                        "SELECT 1 FROM orders WHERE id = $1", id, "tttt", to, error_json, id, from);
 }
 
@@ -1648,7 +1651,8 @@ static int pg_cert_issue(struct st_store *s, const struct st_cert *c)
     if (c->order_id[0] != '\0') {
         /* §7.4: only an order being finalized becomes valid, and only once */
         err = pg_execf(db, "cert_issue",
-                       "UPDATE orders SET status = 'valid', cert_serial = $1 "
+                       "UPDATE orders SET status = 'valid', cert_serial = $1, "
+                       "updated = extract(epoch from now())::bigint "
                        "WHERE id = $2 AND status = 'processing'",
                        &r, "tt", c->serial, c->order_id);
         if (err == 0)
@@ -1901,6 +1905,31 @@ static int pg_revocation_marker(struct st_store *s, const char *issuer, int64_t 
                       "revocation_marker", issuer, marker);
 }
 
+static int pg_order_fail_stale(struct st_store *s, int64_t age_s, const char *error_json,
+                               int64_t *n)
+{
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c;
+    int err;
+
+    if (s == NULL || n == NULL || error_json == NULL || age_s <= 0)
+        return AGW_ERR_BAD_INPUT;
+    *n = 0;
+    c = conn_get(s, &slot);
+    /* the database's clock: the one clock every instance shares */
+    err = pg_execf(c, "order_fail_stale",
+                   "UPDATE orders SET status = 'invalid', error_json = $1, "
+                   "updated = extract(epoch from now())::bigint WHERE status = 'processing' "
+                   "AND updated < extract(epoch from now())::bigint - $2",
+                   &r, "ti", error_json, age_s);
+    if (err == 0)
+        *n = changes(r);
+    PQclear(r);
+    conn_put(s, slot);
+    return err;
+}
+
 static int pg_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
                               const char *id_value, int64_t now, int *found)
 {
@@ -2091,6 +2120,7 @@ const struct st_ops st_postgres_ops = {
     .crl_next_number = pg_crl_next_number,
     .crl_number = pg_crl_number,
     .revocation_marker = pg_revocation_marker,
+    .order_fail_stale = pg_order_fail_stale,
     .authz_valid_for = pg_authz_valid_for,
     .nonce_redeem = pg_nonce_redeem,
     .nonce_purge = pg_nonce_purge,

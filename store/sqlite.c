@@ -166,6 +166,9 @@ static const char *const migrations[] = {
     "  until INTEGER NOT NULL);"
     "CREATE TABLE crls (issuer TEXT PRIMARY KEY, number INTEGER NOT NULL,"
     "  this_update INTEGER NOT NULL, next_update INTEGER NOT NULL, der BLOB NOT NULL);",
+    /* 5: when an order last changed state, to recover one a dead gateway left in processing */
+    "ALTER TABLE orders ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX orders_status_updated ON orders(status, updated);",
 };
 #define ST_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1355,8 +1358,8 @@ static int sq_order_transition(struct st_store *s, const char *id, const char *f
     db = wr_lock(s);
     /* error_json NULL keeps what is there */
     err = prep(db,
-               "UPDATE orders SET status = ?, error_json = COALESCE(?, error_json) "
-               "WHERE id = ? AND status = ?",
+               "UPDATE orders SET status = ?, error_json = COALESCE(?, error_json), "
+               "updated = CAST(strftime('%s', 'now') AS INTEGER) WHERE id = ? AND status = ?",
                &st, "order_transition");
     if (err == 0)
         err = bindv(db, st, "order_transition", "tttt", to, error_json, id, from);
@@ -1734,7 +1737,8 @@ static int sq_cert_issue(struct st_store *s, const struct st_cert *c)
     if (c->order_id[0] != '\0') {
         /* §7.4: only an order being finalized becomes valid, and only once */
         err = prep(db,
-                   "UPDATE orders SET status = 'valid', cert_serial = ? "
+                   "UPDATE orders SET status = 'valid', cert_serial = ?, "
+                   "updated = CAST(strftime('%s', 'now') AS INTEGER) "
                    "WHERE id = ? AND status = 'processing'",
                    &st, "cert_issue");
         if (err == 0)
@@ -2089,6 +2093,23 @@ static int sq_write(struct st_store *s, const char *op, const char *sql, long *c
     return err;
 }
 
+static int sq_order_fail_stale(struct st_store *s, int64_t age_s, const char *error_json,
+                               int64_t *n)
+{
+    long changed = 0;
+    int err;
+
+    if (s == NULL || n == NULL || error_json == NULL || age_s <= 0)
+        return AGW_ERR_BAD_INPUT;
+    err = sq_write(s, "order_fail_stale",
+                   "UPDATE orders SET status = 'invalid', error_json = ?, "
+                   "updated = CAST(strftime('%s', 'now') AS INTEGER) WHERE status = 'processing' "
+                   "AND updated < CAST(strftime('%s', 'now') AS INTEGER) - ?",
+                   &changed, "ti", error_json, age_s);
+    *n = changed;
+    return err;
+}
+
 static int sq_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
                               const char *id_value, int64_t now, int *found)
 {
@@ -2252,6 +2273,7 @@ const struct st_ops st_sqlite_ops = {
     .crl_next_number = sq_crl_next_number,
     .crl_number = sq_crl_number,
     .revocation_marker = sq_revocation_marker,
+    .order_fail_stale = sq_order_fail_stale,
     .authz_valid_for = sq_authz_valid_for,
     .nonce_redeem = sq_nonce_redeem,
     .nonce_purge = sq_nonce_purge,

@@ -239,6 +239,11 @@ int st_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker
     return ops_of(s)->revocation_marker(s, issuer, marker);
 }
 
+int st_order_fail_stale(struct st_store *s, int64_t age_s, const char *error_json, int64_t *n)
+{
+    return ops_of(s)->order_fail_stale(s, age_s, error_json, n);
+}
+
 int st_authz_valid_for(struct st_store *s, const char *account_id, const char *id_type,
                        const char *id_value, int64_t now, int *found)
 {

@@ -185,6 +185,10 @@ int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int
 /* Conditional transition: AGW_ERR_CONFLICT unless the order is in `from`. error_json may be NULL. */
 int st_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
                         const char *error_json);
+/* Orders left in "processing" for more than age_s seconds (by the store's clock, shared by all
+ * instances) by a gateway that died during finalize: moved to "invalid" with error_json, so the
+ * client stops polling and orders again (RFC 8555 has no processing -> ready). *n: how many. */
+int st_order_fail_stale(struct st_store *s, int64_t age_s, const char *error_json, int64_t *n);
 /* Counts the account's orders in state status (for quotas). */
 int st_order_count(struct st_store *s, const char *account_id, const char *status, int64_t since,
                    int64_t *n);

@@ -123,6 +123,8 @@ for line in open(src):
     elif line.startswith("# acmegw config written by"):
         line = "# acmegw config written by tools/cluster.sh: instance %s (rewritten on every run)\n" % i
     out.append(line)
+# a dead instance's orders in processing are ended by the survivors after this long
+out.append("processing_timeout_s: 10\n")
 if nonce_keys == "1":
     out.append("instance_id: %s\n" % i)
     if no_nonce_key != "1":

@@ -277,9 +277,9 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
 
     CHECK_INT(fixture_open(&fx, "migrate"), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 4);
+    CHECK_INT(v, 5);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                "name IN ('eab_keys','accounts','orders','authorizations',"
                                "'challenges','certificates','crl_numbers','used_nonces','crl_leases','crls')"),
@@ -292,19 +292,20 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     v = -1;
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 4);
+    CHECK_INT(v, 5);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
     CHECK_INT(query_int(fx.db, "PRAGMA journal_mode"), 0); /* text "wal" reads as 0 */
 
-    /* a database from only migration 1 gets migrations 2 to 4 */
+    /* a database from only migration 1 gets migrations 2 to 5 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
+                              "DROP INDEX orders_status_updated; ALTER TABLE orders DROP COLUMN updated; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 4);
+    CHECK_INT(v, 5);
     st_close(fx.s);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
@@ -927,6 +928,45 @@ static void shared_nonces_and_crl_lease(void)
     st_close(fx.s);
 }
 
+static void stale_processing_orders_become_invalid(void)
+{
+    struct fixture fx;
+    struct st_account a;
+    struct st_order o, o2, got;
+    struct st_authz az[2];
+    struct st_new_challenge ch[2];
+    char sql[256];
+    int64_t n = -1;
+
+    memset(&got, 0, sizeof(got));
+    CHECK_INT(fixture_open(&fx, "stale"), 0);
+    make_account(&a, "thumb-S", "");
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    CHECK_INT(make_order(fx.s, a.id, &o, az, ch), 0);
+    CHECK_INT(make_order(fx.s, a.id, &o2, az, ch), 0);
+    CHECK_INT(st_order_transition(fx.s, o.id, "pending", "processing", NULL), 0);
+    CHECK_INT(st_order_transition(fx.s, o2.id, "pending", "processing", NULL), 0);
+    /* just moved: not stale */
+    CHECK_INT(st_order_fail_stale(fx.s, 60, "{\"type\":\"x\"}", &n), 0);
+    CHECK_INT(n, 0);
+    /* o was left processing an hour ago (a gateway died during its finalize) */
+    snprintf(sql, sizeof(sql), "UPDATE orders SET updated = updated - 3600 WHERE id = '%s'",
+             o.id);
+    CHECK_INT(exec_raw(fx.db, sql), SQLITE_OK);
+    CHECK_INT(st_order_fail_stale(fx.s, 60, "{\"type\":\"x\"}", &n), 0);
+    CHECK_INT(n, 1);
+    CHECK_INT(st_order_get(fx.s, o.id, &got), 0);
+    CHECK_STR(got.status, "invalid");
+    CHECK(got.error_json != NULL && strstr(got.error_json, "\"x\"") != NULL);
+    st_order_clear(&got);
+    CHECK_INT(st_order_get(fx.s, o2.id, &got), 0);
+    CHECK_STR(got.status, "processing"); /* the fresh one is left alone */
+    st_order_clear(&got);
+    /* a late finalize of the swept order cannot complete it */
+    CHECK_INT(st_order_transition(fx.s, o.id, "processing", "valid", NULL), AGW_ERR_CONFLICT);
+    st_close(fx.s);
+}
+
 static void overlong_inputs_are_refused_and_write_nothing(void)
 {
     static const unsigned char der[] = {0x30, 0x00};
@@ -1220,7 +1260,7 @@ static void migrate_child(const char *conninfo, const unsigned char key[32], int
     (void)read(go_fd, &c, 1); /* EOF: all children are waiting, go */
     if (store_open(conninfo, key, &s) != 0)
         _exit(2);
-    if (st_schema_version(s, &v) != 0 || v != 4)
+    if (st_schema_version(s, &v) != 0 || v != 5)
         _exit(3);
     st_close(s);
     _exit(0);
@@ -1260,8 +1300,8 @@ static void pg_concurrent_migrations_apply_once(void)
                 n_ok++;
         }
         CHECK_INT(n_ok, N_PROCS);
-        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
-        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 4);
+        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
+        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 5);
     }
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM information_schema.tables WHERE "
                                "table_schema = 'public' AND table_name IN ('eab_keys','accounts',"
@@ -1275,13 +1315,14 @@ static void pg_concurrent_migrations_apply_once(void)
     /* up to date: opens, nothing re-applied */
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 4);
+    CHECK_INT(v, 5);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 4);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
 
-    /* a database from only migration 1 gets migrations 2 to 4 */
+    /* a database from only migration 1 gets migrations 2 to 5 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
+                              "DROP INDEX orders_status_updated; ALTER TABLE orders DROP COLUMN updated; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
@@ -1435,6 +1476,7 @@ int main(void)
     RUN(certificates_issue_revoke_list);
     RUN(quota_counts_and_single_use_eab);
     RUN(shared_nonces_and_crl_lease);
+    RUN(stale_processing_orders_become_invalid);
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(kill9_loses_no_acknowledged_certificate);
@@ -1449,6 +1491,7 @@ int main(void)
         RUN(certificates_issue_revoke_list);
         RUN(quota_counts_and_single_use_eab);
         RUN(shared_nonces_and_crl_lease);
+        RUN(stale_processing_orders_become_invalid);
         RUN(overlong_inputs_are_refused_and_write_nothing);
         RUN(concurrent_account_creation);
         RUN(kill9_loses_no_acknowledged_certificate);
