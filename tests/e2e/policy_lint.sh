@@ -65,5 +65,15 @@ else
     echo "  FAIL unexpected error for an unknown issuer: $out"
     failed=$((failed + 1))
 fi
+n=$((n + 1))
+mkdir "$tmp/example" "$tmp/example/policy.d"
+cp "$SOURCE_DIR/examples/acmegw.yaml" "$tmp/example/"
+cp "$SOURCE_DIR"/examples/policy.d/*.yaml "$tmp/example/policy.d/"
+if out=$("$BUILD_DIR/gateway/acmegw" --check-config "$tmp/example/acmegw.yaml" 2>&1); then
+    echo "  ok   examples/acmegw.yaml with examples/policy.d passes --check-config"
+else
+    echo "  FAIL examples/acmegw.yaml: $out"
+    failed=$((failed + 1))
+fi
 echo "policy_lint: $n checks, $failed failed"
 [ "$failed" = 0 ]
