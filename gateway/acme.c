@@ -1042,7 +1042,25 @@ static void handle_new_order(struct acme_ctx *c)
         gw_response_problem(c->resp, AGW_ERR_NOMEM, NULL);
         goto out;
     }
+    /* the quotas again, inside the store's transaction: the check above gives the detail,
+     * this one holds under concurrency (two requests, two instances) */
+    o.max_pending = pol_class_quotas(cls)->pending_orders_per_account;
+    o.max_per_eab_hour = pol_class_quotas(cls)->orders_per_eab_key_per_hour;
+    snprintf(o.eab_kid, sizeof(o.eab_kid), "%s", c->acct.eab_kid);
     err = st_order_create(srv->store, &o, az, n_unique, ch, n_unique);
+    if (err == AGW_ERR_RATE_LIMITED) {
+        gw_response_problem(c->resp, err, "quota: too many orders for this account or EAB key");
+        goto out;
+    }
+    if (err == AGW_ERR_CONFLICT && o.replaces[0] != '\0') {
+        problem = gw_problem_new(AGW_ERR_CONFLICT,
+                                 "this certificate was already replaced by another order");
+        json_object_set_new(problem, "type",
+                            json_string("urn:ietf:params:acme:error:alreadyReplaced"));
+        set_problem_json(c->resp, AGW_ERR_CONFLICT, problem);
+        problem = NULL;
+        goto out;
+    }
     if (err != 0) {
         gw_response_problem(c->resp, err, "could not create the order");
         goto out;

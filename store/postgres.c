@@ -174,6 +174,9 @@ static const char *const migrations[] = {
     /* 5: when an order last changed state, to recover one a dead gateway left in processing */
     "ALTER TABLE orders ADD COLUMN updated BIGINT NOT NULL DEFAULT 0;"
     "CREATE INDEX orders_status_updated ON orders(status, updated);",
+    /* 6: a certificate is replaced by at most one live order (RFC 9773), whatever the race */
+    "CREATE UNIQUE INDEX orders_replaces ON orders(replaces) "
+    "  WHERE replaces IS NOT NULL AND replaces != '' AND status != 'invalid';",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1181,6 +1184,50 @@ static const char *or_default(const char *v, const char *dflt)
     return v[0] != '\0' ? v : dflt;
 }
 
+/* One count in the caller's transaction. */
+static int pg_count_in_tx(PGconn *c, const char *sql, const char *t, int64_t i, int64_t *n)
+{
+    PGresult *r = NULL;
+    int err = pg_execf(c, "order_limits", sql, &r, "ti", t, i);
+
+    *n = err == 0 && PQntuples(r) == 1 ? col_i64(r, 0, 0) : 0;
+    PQclear(r);
+    return err;
+}
+
+/* The quota limits of st_order_create. The row locks (account, EAB key) make concurrent
+ * order creations of one account or key take turns across instances, so the count and the
+ * insert cannot interleave with another request's. */
+static int pg_order_limits(PGconn *c, const struct st_order *o)
+{
+    int64_t n = 0;
+    int err = 0;
+
+    if (o->max_pending > 0) {
+        err = pg_count_in_tx(c, "SELECT 1 FROM accounts WHERE id = $1 AND 0 < $2 FOR UPDATE",
+                             o->account_id, 1, &n);
+        if (err == 0)
+            err = pg_count_in_tx(c,
+                                 "SELECT count(*) FROM orders WHERE account_id = $1 AND "
+                                 "created >= $2 AND status IN ('pending', 'ready')",
+                                 o->account_id, 0, &n);
+        if (err == 0 && n >= o->max_pending)
+            err = AGW_ERR_RATE_LIMITED;
+    }
+    if (err == 0 && o->max_per_eab_hour > 0 && o->eab_kid[0] != '\0') {
+        err = pg_count_in_tx(c, "SELECT 1 FROM eab_keys WHERE kid = $1 AND 0 < $2 FOR UPDATE",
+                             o->eab_kid, 1, &n);
+        if (err == 0)
+            err = pg_count_in_tx(c,
+                                 "SELECT count(*) FROM orders o JOIN accounts a ON "
+                                 "a.id = o.account_id WHERE a.eab_kid = $1 AND o.created >= $2",
+                                 o->eab_kid, o->created - 3600, &n);
+        if (err == 0 && n >= o->max_per_eab_hour)
+            err = AGW_ERR_RATE_LIMITED;
+    }
+    return err;
+}
+
 static int pg_order_create(struct st_store *s, struct st_order *o, struct st_authz *authz,
                            size_t n_authz, struct st_new_challenge *chal, size_t n_chal)
 {
@@ -1222,7 +1269,9 @@ static int pg_order_create(struct st_store *s, struct st_order *o, struct st_aut
     err = tx_begin(c, "order_create");
     if (err != 0)
         goto done;
-    err = pg_execf(c, "order_create",
+    err = pg_order_limits(c, o);
+    if (err == 0)
+        err = pg_execf(c, "order_create",
                    "INSERT INTO orders(" ORDER_COLS ") "
                    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
                    NULL, "tttttttiiiitt", o->id, o->account_id, o->status, o->class_name,

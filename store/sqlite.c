@@ -169,6 +169,9 @@ static const char *const migrations[] = {
     /* 5: when an order last changed state, to recover one a dead gateway left in processing */
     "ALTER TABLE orders ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX orders_status_updated ON orders(status, updated);",
+    /* 6: a certificate is replaced by at most one live order (RFC 9773), whatever the race */
+    "CREATE UNIQUE INDEX orders_replaces ON orders(replaces) "
+    "  WHERE replaces IS NOT NULL AND replaces != '' AND status != 'invalid';",
 };
 #define ST_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1192,6 +1195,51 @@ static const char *or_default(const char *v, const char *dflt)
  * Empty status fields default to "pending"; an authorization's empty account_id takes the
  * order's. Everything is checked before the transaction starts, so bad input writes nothing.
  */
+/* One count inside the caller's write transaction. */
+static int sq_count_in_tx(sqlite3 *db, const char *sql, const char *t, int64_t i, int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    int err = prep(db, sql, &st, "order_limits"), rc;
+
+    *n = 0;
+    if (err == 0)
+        err = bindv(db, st, "order_limits", "ti", t, i);
+    if (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *n = col_i64(st, 0);
+        else
+            err = sql_err(db, rc, "order_limits");
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* The quota limits of st_order_create, counted under its write lock. */
+static int sq_order_limits(sqlite3 *db, const struct st_order *o)
+{
+    int64_t n = 0;
+    int err = 0;
+
+    if (o->max_pending > 0) {
+        err = sq_count_in_tx(db,
+                             "SELECT count(*) FROM orders WHERE account_id = ? AND created >= ? "
+                             "AND status IN ('pending', 'ready')",
+                             o->account_id, 0, &n);
+        if (err == 0 && n >= o->max_pending)
+            err = AGW_ERR_RATE_LIMITED;
+    }
+    if (err == 0 && o->max_per_eab_hour > 0 && o->eab_kid[0] != '\0') {
+        err = sq_count_in_tx(db,
+                             "SELECT count(*) FROM orders o JOIN accounts a ON a.id = o.account_id "
+                             "WHERE a.eab_kid = ? AND o.created >= ?",
+                             o->eab_kid, o->created - 3600, &n);
+        if (err == 0 && n >= o->max_per_eab_hour)
+            err = AGW_ERR_RATE_LIMITED;
+    }
+    return err;
+}
+
 static int sq_order_create(struct st_store *s, struct st_order *o, struct st_authz *authz,
                            size_t n_authz, struct st_new_challenge *chal, size_t n_chal)
 {
@@ -1230,9 +1278,12 @@ static int sq_order_create(struct st_store *s, struct st_order *o, struct st_aut
     st_copy_str(o->status, sizeof(o->status), or_default(o->status, "pending"));
 
     db = wr_lock(s);
-    err = tx_begin(db, "order_create");
+    err = tx_begin(db, "order_create"); /* BEGIN IMMEDIATE: writers in every process take turns */
     if (err != 0)
         goto unlock;
+    err = sq_order_limits(db, o);
+    if (err != 0)
+        goto rollback;
     err = prep(db, "INSERT INTO orders(" ORDER_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", &st,
                "order_create");
     if (err == 0)

@@ -160,11 +160,18 @@ struct st_order {
     int64_t created, expires, not_before, not_after; /* 0 = absent */
     char *identifiers_json;          /* [{"type":"dns","value":"a.example"}, ...] */
     char *error_json;                /* problem document or NULL */
+    /* Inputs to st_order_create only, 0 = no limit: checked inside its transaction, so two
+     * requests (or two instances) cannot both pass the last free slot; AGW_ERR_RATE_LIMITED. */
+    int64_t max_pending;        /* the account's orders in pending or ready */
+    int64_t max_per_eab_hour;   /* orders created in the last hour by accounts bound to eab_kid */
+    char eab_kid[ST_KID_LEN];
 };
 void st_order_clear(struct st_order *o);
 
 /*
- * Inserts the order, its authorizations and their challenges in one transaction. IDs are
+ * Inserts the order, its authorizations and their challenges in one transaction. A non-empty
+ * o->replaces must be unique among orders that are not invalid (AGW_ERR_CONFLICT otherwise: RFC
+ * 9773 alreadyReplaced); the limits in o are enforced in the same transaction. IDs are
  * generated into o->id, authz[i].id (authz[i].order_id set), chal[j].id. chal[j].authz_index
  * says which authorization challenge j belongs to (before the call; authz_id is filled in).
  */

@@ -277,9 +277,9 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
 
     CHECK_INT(fixture_open(&fx, "migrate"), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 5);
+    CHECK_INT(v, 6);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                "name IN ('eab_keys','accounts','orders','authorizations',"
                                "'challenges','certificates','crl_numbers','used_nonces','crl_leases','crls')"),
@@ -292,20 +292,21 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     v = -1;
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 5);
+    CHECK_INT(v, 6);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
     CHECK_INT(query_int(fx.db, "PRAGMA journal_mode"), 0); /* text "wal" reads as 0 */
 
-    /* a database from only migration 1 gets migrations 2 to 5 */
+    /* a database from only migration 1 gets migrations 2 to 6 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
                               "DROP INDEX orders_status_updated; ALTER TABLE orders DROP COLUMN updated; "
+                              "DROP INDEX orders_replaces; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 5);
+    CHECK_INT(v, 6);
     st_close(fx.s);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
@@ -967,6 +968,89 @@ static void stale_processing_orders_become_invalid(void)
     st_close(fx.s);
 }
 
+struct limit_race {
+    struct st_store *s;
+    const char *account_id;
+    int ok, limited;
+};
+
+static void *limit_race_run(void *arg)
+{
+    struct limit_race *r = arg;
+
+    for (int i = 0; i < 5; i++) {
+        struct st_order o;
+        struct st_authz az[2];
+        struct st_new_challenge ch[2];
+        int err;
+
+        memset(&o, 0, sizeof(o));
+        memset(az, 0, sizeof(az));
+        memset(ch, 0, sizeof(ch));
+        snprintf(o.account_id, sizeof(o.account_id), "%s", r->account_id);
+        snprintf(o.class_name, sizeof(o.class_name), "sensor");
+        o.created = NOW;
+        o.expires = NOW + 3600;
+        o.identifiers_json = (char *)"[]";
+        o.max_pending = 3;
+        err = st_order_create(r->s, &o, az, 0, ch, 0);
+        if (err == 0)
+            __atomic_add_fetch(&r->ok, 1, __ATOMIC_RELAXED);
+        else if (err == AGW_ERR_RATE_LIMITED)
+            __atomic_add_fetch(&r->limited, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static void order_limits_hold_under_concurrency_and_replaces_is_unique(void)
+{
+    struct fixture fx;
+    struct st_account a;
+    struct st_order o;
+    struct st_authz az[2];
+    struct st_new_challenge ch[2];
+    struct limit_race r;
+    pthread_t t[4];
+
+    CHECK_INT(fixture_open(&fx, "limits"), 0);
+    make_account(&a, "thumb-L", "");
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    memset(&r, 0, sizeof(r));
+    r.s = fx.s;
+    r.account_id = a.id;
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, limit_race_run, &r);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    CHECK_INT(r.ok, 3); /* 20 attempts, a limit of 3 pending: exactly 3 */
+    CHECK_INT(r.limited, 17);
+
+    /* one live order may replace a certificate; once it is invalid, another may */
+    memset(&o, 0, sizeof(o));
+    CHECK_INT(make_order(fx.s, a.id, &o, az, ch), 0); /* no limits set: not counted */
+    {
+        struct st_order x;
+        int err;
+        memset(&x, 0, sizeof(x));
+        snprintf(x.account_id, sizeof(x.account_id), "%s", a.id);
+        snprintf(x.class_name, sizeof(x.class_name), "sensor");
+        snprintf(x.replaces, sizeof(x.replaces), "aki.serial");
+        x.created = NOW;
+        x.expires = NOW + 3600;
+        x.identifiers_json = (char *)"[]";
+        CHECK_INT(st_order_create(fx.s, &x, az, 0, ch, 0), 0);
+        {
+            char first[ST_ID_LEN];
+            snprintf(first, sizeof(first), "%s", x.id);
+            err = st_order_create(fx.s, &x, az, 0, ch, 0);
+            CHECK_INT(err, AGW_ERR_CONFLICT);
+            CHECK_INT(st_order_transition(fx.s, first, "pending", "invalid", NULL), 0);
+            CHECK_INT(st_order_create(fx.s, &x, az, 0, ch, 0), 0);
+        }
+    }
+    st_close(fx.s);
+}
+
 static void overlong_inputs_are_refused_and_write_nothing(void)
 {
     static const unsigned char der[] = {0x30, 0x00};
@@ -1260,7 +1344,7 @@ static void migrate_child(const char *conninfo, const unsigned char key[32], int
     (void)read(go_fd, &c, 1); /* EOF: all children are waiting, go */
     if (store_open(conninfo, key, &s) != 0)
         _exit(2);
-    if (st_schema_version(s, &v) != 0 || v != 5)
+    if (st_schema_version(s, &v) != 0 || v != 6)
         _exit(3);
     st_close(s);
     _exit(0);
@@ -1300,8 +1384,8 @@ static void pg_concurrent_migrations_apply_once(void)
                 n_ok++;
         }
         CHECK_INT(n_ok, N_PROCS);
-        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
-        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 5);
+        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
+        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 6);
     }
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM information_schema.tables WHERE "
                                "table_schema = 'public' AND table_name IN ('eab_keys','accounts',"
@@ -1315,14 +1399,15 @@ static void pg_concurrent_migrations_apply_once(void)
     /* up to date: opens, nothing re-applied */
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 5);
+    CHECK_INT(v, 6);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 5);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
 
-    /* a database from only migration 1 gets migrations 2 to 5 */
+    /* a database from only migration 1 gets migrations 2 to 6 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
                               "DROP INDEX orders_status_updated; ALTER TABLE orders DROP COLUMN updated; "
+                              "DROP INDEX orders_replaces; "
                               "DELETE FROM schema_migrations WHERE version >= 2"),
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
@@ -1477,6 +1562,7 @@ int main(void)
     RUN(quota_counts_and_single_use_eab);
     RUN(shared_nonces_and_crl_lease);
     RUN(stale_processing_orders_become_invalid);
+    RUN(order_limits_hold_under_concurrency_and_replaces_is_unique);
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(kill9_loses_no_acknowledged_certificate);
@@ -1492,6 +1578,7 @@ int main(void)
         RUN(quota_counts_and_single_use_eab);
         RUN(shared_nonces_and_crl_lease);
         RUN(stale_processing_orders_become_invalid);
+        RUN(order_limits_hold_under_concurrency_and_replaces_is_unique);
         RUN(overlong_inputs_are_refused_and_write_nothing);
         RUN(concurrent_account_creation);
         RUN(kill9_loses_no_acknowledged_certificate);
