@@ -447,9 +447,11 @@ def parse_raw_status(resp):
 
 # ------------------------------------------------------------------ store snapshot
 
-# Housekeeping rows that change with time, not with requests: the CRL writer's lease is renewed
-# at every poll (a heartbeat). Snapshots leave them out.
-VOLATILE_TABLES = {"crl_leases"}
+# Rows the gateway's background thread writes on its own schedule, not as part of the request
+# under test: the CRL writer's lease (renewed at every poll) and the CRLs it regenerates about a
+# second after a revocation (their numbers and DER). Snapshots leave them out.
+VOLATILE_TABLES = {"crl_leases", "crl_numbers", "crls"}
+_pg_tables = {}
 
 
 def _psql(conninfo, sql):
@@ -474,13 +476,23 @@ def _pg_literal(v):
 
 
 def _pg_snapshot(conninfo):
-    """The same snapshot of a PostgreSQL store, through psql (values as text)."""
+    """The same snapshot of a PostgreSQL store: one psql call (rows as sorted JSON text), the
+    table list cached per database (the schema does not change during a test)."""
+    tables = _pg_tables.get(conninfo)
+    if tables is None:
+        tables = [t for t in _psql(conninfo, "SELECT table_name FROM information_schema.tables "
+                                             "WHERE table_schema = 'public' ORDER BY 1")
+                  if t not in VOLATILE_TABLES]
+        _pg_tables[conninfo] = tables
+    if not tables:
+        return {}
+    sql = " UNION ALL ".join(
+        "SELECT '%s', COALESCE((SELECT json_agg(r ORDER BY r) FROM (SELECT row_to_json(x)::text "
+        "AS r FROM \"%s\" x) s), '[]')" % (t, t) for t in tables)
     out = {}
-    for t in _psql(conninfo, "SELECT table_name FROM information_schema.tables "
-                             "WHERE table_schema = 'public' ORDER BY 1"):
-        if t not in VOLATILE_TABLES:
-            out[t] = [tuple(r.split("\x1f")) for r in
-                      _psql(conninfo, 'SELECT * FROM "%s" ORDER BY 1' % t)]
+    for row in _psql(conninfo, sql):
+        t, rows = row.split("\x1f", 1)
+        out[t] = [(r,) for r in json.loads(rows)]
     return out
 
 
