@@ -141,6 +141,9 @@ PY
 done
 
 # ------------------------------------------------------------------ start the gateways
+# One after the other: all instances here share one SoftHSM2 token directory, and SoftHSM's file
+# store can show the token as absent to a process that opens it while another one is logging in
+# (which rewrites the token's files). Production instances each talk to their own HSM session.
 for i in $(seq 1 "$N"); do
     if alive "$STATE/acmegw-$i.pid"; then
         log "acmegw $i is already running (pid $(cat "$STATE/acmegw-$i.pid"))"
@@ -149,10 +152,8 @@ for i in $(seq 1 "$N"); do
     log "starting acmegw $i on http://127.0.0.1:${GW_PORTS[$((i - 1))]} (log: $STATE/acmegw-$i.log)"
     setsid "$GATEWAY" --config "$STATE/acmegw-$i.yaml" >>"$STATE/acmegw-$i.log" 2>&1 </dev/null &
     echo $! >"$STATE/acmegw-$i.pid"
-done
-for i in $(seq 1 "$N"); do
     ok=0
-    for _ in $(seq 1 150); do
+    for _ in $(seq 1 300); do
         if curl -sf "http://127.0.0.1:${GW_PORTS[$((i - 1))]}/ready" >/dev/null 2>&1; then
             ok=1
             break
