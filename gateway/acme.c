@@ -938,7 +938,7 @@ static void handle_new_order(struct acme_ctx *c)
             }
         }
     }
-    if (gw_quota_check(c->srv, cls, &c->acct, c->now, 1, c->resp) != 0)
+    if (gw_quota_check(c->srv, cls, &c->acct, c->now, c->resp) != 0)
         goto out;
     pids = calloc(n, sizeof(*pids));
     types = calloc(n, sizeof(*types));
@@ -1042,14 +1042,22 @@ static void handle_new_order(struct acme_ctx *c)
         gw_response_problem(c->resp, AGW_ERR_NOMEM, NULL);
         goto out;
     }
-    /* the quotas again, inside the store's transaction: the check above gives the detail,
-     * this one holds under concurrency (two requests, two instances) */
+    /* the order quotas are counted inside the store's transaction, so they hold under
+     * concurrency (two requests, two instances) */
     o.max_pending = pol_class_quotas(cls)->pending_orders_per_account;
     o.max_per_eab_hour = pol_class_quotas(cls)->orders_per_eab_key_per_hour;
     snprintf(o.eab_kid, sizeof(o.eab_kid), "%s", c->acct.eab_kid);
     err = st_order_create(srv->store, &o, az, n_unique, ch, n_unique);
     if (err == AGW_ERR_RATE_LIMITED) {
-        gw_response_problem(c->resp, err, "quota: too many orders for this account or EAB key");
+        char detail[200];
+        snprintf(detail, sizeof(detail),
+                 "quota: at most %u orders per account waiting for finalization and %u new "
+                 "orders per EAB key per hour (0 = no limit)",
+                 pol_class_quotas(cls)->pending_orders_per_account,
+                 pol_class_quotas(cls)->orders_per_eab_key_per_hour);
+        LOG_INFO("acme.rate_limited", "account=%s class=%s reason=orders", c->acct.id,
+                 c->acct.class_name);
+        gw_response_problem(c->resp, err, detail);
         goto out;
     }
     if (err == AGW_ERR_CONFLICT && o.replaces[0] != '\0') {
@@ -1132,7 +1140,7 @@ static void handle_finalize(struct acme_ctx *c, const char *id)
     {
         struct pol_set *pol = gw_policy_get(c->srv);
         const struct pol_class *cls = pol_class_find(pol, o.class_name);
-        err = cls != NULL ? gw_quota_check(c->srv, cls, &c->acct, c->now, 0, c->resp) : 0;
+        err = cls != NULL ? gw_quota_check(c->srv, cls, &c->acct, c->now, c->resp) : 0;
         pol_set_unref(pol);
         if (err != 0)
             goto out;
@@ -1438,38 +1446,19 @@ out:
 /* ---------------------------------------------------------------- quotas */
 
 int gw_quota_check(struct gw_server *srv, const struct pol_class *cls,
-                   const struct st_account *acct, int64_t now, int new_order,
-                   struct gw_response *resp)
+                   const struct st_account *acct, int64_t now, struct gw_response *resp)
 {
     const struct pol_quotas *q = pol_class_quotas(cls);
-    int64_t n = 0, m = 0;
+    int64_t n = 0;
     char detail[160];
-    unsigned retry = 0;
+    unsigned retry = 3600;
 
-    detail[0] = '\0';
-    if (q->certs_per_account_per_day != 0 &&
-        st_cert_count_by_account(srv->store, acct->id, now - 86400, &n) == 0 &&
-        n >= (int64_t)q->certs_per_account_per_day) {
-        snprintf(detail, sizeof(detail), "quota: at most %u certificates per account per day",
-                 q->certs_per_account_per_day);
-        retry = 3600;
-    } else if (new_order && q->pending_orders_per_account != 0 &&
-               st_order_count(srv->store, acct->id, "pending", 0, &n) == 0 &&
-               st_order_count(srv->store, acct->id, "ready", 0, &m) == 0 &&
-               n + m >= (int64_t)q->pending_orders_per_account) {
-        snprintf(detail, sizeof(detail),
-                 "quota: at most %u orders per account waiting for finalization",
-                 q->pending_orders_per_account);
-        retry = 60;
-    } else if (new_order && q->orders_per_eab_key_per_hour != 0 && acct->eab_kid[0] != '\0' &&
-               st_order_count_by_eab(srv->store, acct->eab_kid, now - 3600, &n) == 0 &&
-               n >= (int64_t)q->orders_per_eab_key_per_hour) {
-        snprintf(detail, sizeof(detail), "quota: at most %u new orders per EAB key per hour",
-                 q->orders_per_eab_key_per_hour);
-        retry = 600;
-    }
-    if (detail[0] == '\0')
+    if (q->certs_per_account_per_day == 0 ||
+        st_cert_count_by_account(srv->store, acct->id, now - 86400, &n) != 0 ||
+        n < (int64_t)q->certs_per_account_per_day)
         return 0;
+    snprintf(detail, sizeof(detail), "quota: at most %u certificates per account per day",
+             q->certs_per_account_per_day);
     LOG_INFO("acme.rate_limited", "account=%s class=%s reason=\"%s\"", acct->id,
              acct->class_name, detail);
     gw_response_problem(resp, AGW_ERR_RATE_LIMITED, detail);

@@ -88,14 +88,13 @@ void gw_acme_directory_free(struct gw_server *srv);
 void gw_response_clear(struct gw_response *resp);
 /* A problem document response for err (detail may be NULL); also sets Retry-After when due. */
 void gw_response_problem(struct gw_response *resp, int err, const char *detail);
-/* Checks the class quotas for acct (certificates per day always; with new_order also pending
- * orders and orders per EAB key per hour). On excess fills resp with rateLimited + Retry-After
- * and returns AGW_ERR_RATE_LIMITED. Quotas are soft under concurrency (count, then insert). */
+/* Checks the class's certificates-per-account-per-day quota (soft under concurrency: count, then
+ * sign). On excess fills resp with rateLimited + Retry-After and returns AGW_ERR_RATE_LIMITED.
+ * The order quotas are enforced by st_order_create() inside its transaction. */
 struct pol_class;
 struct st_account;
 int gw_quota_check(struct gw_server *srv, const struct pol_class *cls,
-                   const struct st_account *acct, int64_t now, int new_order,
-                   struct gw_response *resp);
+                   const struct st_account *acct, int64_t now, struct gw_response *resp);
 /* Current policy set, with a reference the caller must drop with pol_set_unref(). */
 struct pol_set *gw_policy_get(struct gw_server *srv);
 /* The issuer called name, or the first one for NULL/""; NULL if there is none. */
