@@ -740,10 +740,11 @@ out:
 
 /* ---------------------------------------------------------------- orders */
 
-static void time_str(int64_t t, char *buf, size_t size)
+void gw_time_rfc3339(int64_t t, char *buf, size_t size)
 {
     time_t tt = (time_t)t;
     struct tm tm;
+
     gmtime_r(&tt, &tm);
     strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
@@ -766,17 +767,17 @@ static json_t *order_json(struct acme_ctx *c, const struct st_order *o)
         }
         free(az);
     }
-    time_str(o->expires, ts, sizeof(ts));
+    gw_time_rfc3339(o->expires, ts, sizeof(ts));
     obj = json_pack("{s:s, s:s, s:o, s:o, s:s}", "status", o->status, "expires", ts,
                     "identifiers", json_loads(o->identifiers_json, 0, NULL), "authorizations",
                     authzs, "finalize", fin != NULL ? fin : "");
     free(fin);
     if (o->not_before != 0) {
-        time_str(o->not_before, ts, sizeof(ts));
+        gw_time_rfc3339(o->not_before, ts, sizeof(ts));
         json_object_set_new(obj, "notBefore", json_string(ts));
     }
     if (o->not_after != 0) {
-        time_str(o->not_after, ts, sizeof(ts));
+        gw_time_rfc3339(o->not_after, ts, sizeof(ts));
         json_object_set_new(obj, "notAfter", json_string(ts));
     }
     if (o->cert_serial[0] != '\0') {
@@ -1168,7 +1169,7 @@ static json_t *challenge_json(struct acme_ctx *c, const struct st_challenge *ch)
     free(u);
     if (ch->validated != 0) {
         char ts[32];
-        time_str(ch->validated, ts, sizeof(ts));
+        gw_time_rfc3339(ch->validated, ts, sizeof(ts));
         json_object_set_new(o, "validated", json_string(ts));
     }
     if (ch->error_json != NULL)
@@ -1190,7 +1191,7 @@ static json_t *authz_json(struct acme_ctx *c, const struct st_authz *a)
         }
         free(chs);
     }
-    time_str(a->expires, ts, sizeof(ts));
+    gw_time_rfc3339(a->expires, ts, sizeof(ts));
     o = json_pack("{s:{s:s, s:s}, s:s, s:s, s:o}", "identifier", "type", a->id_type, "value",
                   a->id_value, "status", a->status, "expires", ts, "challenges", list);
     if (a->wildcard)

@@ -174,15 +174,6 @@ out:
     return err;
 }
 
-static void time_str(int64_t t, char *buf, size_t size)
-{
-    time_t tt = (time_t)t;
-    struct tm tm;
-
-    gmtime_r(&tt, &tm);
-    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 static void set_problem(struct gw_response *resp, int err, const char *detail)
 {
     gw_response_problem(resp, err, detail);
@@ -216,8 +207,8 @@ void gw_ari_handle(struct gw_server *srv, const struct gw_request *req, struct g
         return;
     }
     gw_ari_window(cert.not_before, cert.not_after, cert.revoked_at, &ws, &we);
-    time_str(ws, start, sizeof(start));
-    time_str(we, end, sizeof(end));
+    gw_time_rfc3339(ws, start, sizeof(start));
+    gw_time_rfc3339(we, end, sizeof(end));
     body = json_pack("{s:{s:s, s:s}}", "suggestedWindow", "start", start, "end", end);
     resp->body = body != NULL ? json_dumps(body, JSON_INDENT(2)) : NULL;
     json_decref(body);

@@ -84,6 +84,8 @@ int gw_acme_directory_build(struct gw_server *srv);
 void gw_acme_cache_free(void);
 /* Frees the published directory and every retired one (at exit). */
 void gw_acme_directory_free(struct gw_server *srv);
+/* Unix seconds as RFC 3339 UTC ("2026-12-04T19:00:00Z"), the timestamps of ACME objects. */
+void gw_time_rfc3339(int64_t t, char *buf, size_t size);
 /* Releases what a response owns. */
 void gw_response_clear(struct gw_response *resp);
 /* A problem document response for err (detail may be NULL); also sets Retry-After when due. */
