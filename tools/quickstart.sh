@@ -179,15 +179,19 @@ issuer:
 cert_out: $5
 transcript: $STATE/ca/ceremony.transcript.jsonl"
 }
+# Reads back a key's attributes and checks it matches its certificate: file, key label, cert.
+verify_step() {
+    cer "$1" "step: verify
+$TOKEN_BLOCK
+key:
+  label: $2
+cert: $STATE/ca/$3
+transcript: $STATE/ca/ceremony.transcript.jsonl"
+}
 intermediate 20-intermediate.yaml acmegw-issuing 02 "acmegw quickstart issuing CA 1" \
     "$STATE/ca/intermediate.pem"
 intermediate 21-intermediate-lab.yaml acmegw-lab 03 "acmegw quickstart lab CA" "$STATE/ca/lab.pem"
-cer 42-verify-lab.yaml "step: verify
-$TOKEN_BLOCK
-key:
-  label: acmegw-lab
-cert: $STATE/ca/lab.pem
-transcript: $STATE/ca/ceremony.transcript.jsonl"
+verify_step 42-verify-lab.yaml acmegw-lab lab.pem
 cer 30-root-crl.yaml "step: crl
 $TOKEN_BLOCK
 key:
@@ -196,18 +200,8 @@ cert: $STATE/ca/root.pem
 crl_out: $STATE/ca/root.crl
 next_update_days: 30
 transcript: $STATE/ca/ceremony.transcript.jsonl"
-cer 40-verify-root.yaml "step: verify
-$TOKEN_BLOCK
-key:
-  label: acmegw-root
-cert: $STATE/ca/root.pem
-transcript: $STATE/ca/ceremony.transcript.jsonl"
-cer 41-verify-intermediate.yaml "step: verify
-$TOKEN_BLOCK
-key:
-  label: acmegw-issuing
-cert: $STATE/ca/intermediate.pem
-transcript: $STATE/ca/ceremony.transcript.jsonl"
+verify_step 40-verify-root.yaml acmegw-root root.pem
+verify_step 41-verify-intermediate.yaml acmegw-issuing intermediate.pem
 
 step() { # marker file, ceremony file
     if [ ! -e "$1" ]; then
