@@ -12,7 +12,9 @@
  * keeps the client's own cost visible and small). In issue mode every client has its own account
  * (all may share one EAB key) and loops: newOrder -> authorization (a pre-authorized class is
  * valid at once) -> finalize with a fresh P-256 key and CSR (client-side cost, reported apart) ->
- * poll the order while processing (Retry-After respected) -> download the chain.
+ * poll the order while processing (Retry-After respected) -> download the chain. With
+ * --serialize-authz the newOrder and authorization requests of all clients go one at a time (a
+ * Pebble 2.4.0 deadlock workaround: see authz_serial_lock).
  *
  * Everything is bounded: --count and --duration end the run, every socket has a timeout, each
  * certificate has a deadline, responses are capped (16 KiB of headers, 1 MiB of body), and a client
@@ -64,6 +66,7 @@
 #define MAX_CONCURRENCY    4096
 #define MAX_BAD_NONCE      3  /* badNonce retries per request (§6.5: the error is retryable) */
 #define MAX_CONSEC_ERRORS  50 /* a client that fails this often in a row gives up */
+#define MAX_EINTR          16 /* EINTR retries per read or write; each restarts the timeout */
 #define MAX_RUN_SECONDS    3600.0
 #define DEFAULT_SECONDS    10.0
 #define COUNT_ONLY_SECONDS 600.0 /* --count without --duration: still bounded */
@@ -88,7 +91,7 @@ struct opts {
     bool duration_set;
     uint64_t count;
     int server_pid;
-    bool json, trigger_challenges, allow_remote;
+    bool json, trigger_challenges, serialize_authz, allow_remote;
     unsigned timeout_ms;
     const char *label;
     /* hsm-sign */
@@ -112,7 +115,20 @@ struct target {
     const char *eab_kid;
     const char *suffix;
     bool trigger_challenges;
+    bool serialize_authz; /* newOrder and authorization POST-as-GET under authz_serial_lock */
 };
+
+/*
+ * --serialize-authz. Pebble 2.4.0 deadlocks when a newOrder and an authorization POST-as-GET are
+ * in flight at once: newOrder holds its store's read lock and waits for an authorization's lock,
+ * while the authorization GET holds that authorization's write lock and waits for the store's
+ * read lock to look the account up; any queued store writer (a new certificate or authorization)
+ * makes Go's RWMutex refuse new readers, so neither ever gets it. With the option on, every client
+ * sends those two requests under this one lock, so no two of them overlap anywhere in the process.
+ * Unlike most locks it is held across I/O on purpose: one request (and its badNonce retries) at a
+ * time, bounded by the socket timeout; waiters give up at their certificate's deadline.
+ */
+static pthread_mutex_t authz_serial_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct err_count {
     char type[96];
@@ -399,10 +415,41 @@ tls_fail : {
 }
 }
 
-/* Reads more bytes into c->in; -1 on EOF, error or timeout. */
+/*
+ * True when an SSL_read() or SSL_write() that returned n <= 0 was only interrupted by a signal
+ * (EINTR, e.g. after SIGSTOP and SIGCONT on a socket with SO_RCVTIMEO), so the same call may be
+ * made again; false for EOF, a TLS error or a timeout (EAGAIN). sys_errno is errno right after
+ * the call. OpenSSL's socket BIO reports EINTR as "want read/write", like a timeout.
+ */
+static bool conn_interrupted(const struct conn *c, int n, int sys_errno)
+{
+    int e = SSL_get_error(c->ssl, n);
+
+    return sys_errno == EINTR &&
+           (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_SYSCALL);
+}
+
+/* SSL_write() of all len bytes, again after EINTR; false on error or timeout. */
+static bool conn_write(struct conn *c, const char *buf, size_t len)
+{
+    int n = -1;
+
+    if (len > INT_MAX)
+        return false;
+    for (int tries = 0; tries <= MAX_EINTR; tries++) {
+        errno = 0;
+        n = SSL_write(c->ssl, buf, (int)len);
+        if (n > 0 || !conn_interrupted(c, n, errno))
+            break;
+        ERR_clear_error();
+    }
+    return n == (int)len; /* without SSL_MODE_ENABLE_PARTIAL_WRITE: all or nothing */
+}
+
+/* Reads more bytes into c->in, again after EINTR; -1 on EOF, error or timeout. */
 static int conn_fill(struct conn *c)
 {
-    int n;
+    int n = -1;
 
     if (c->in_off > 0 && c->in_off == c->in_len)
         c->in_off = c->in_len = 0;
@@ -413,7 +460,13 @@ static int conn_fill(struct conn *c)
         c->in_len -= c->in_off;
         c->in_off = 0;
     }
-    n = SSL_read(c->ssl, c->in + c->in_len, (int)(sizeof(c->in) - c->in_len));
+    for (int tries = 0; tries <= MAX_EINTR; tries++) {
+        errno = 0;
+        n = SSL_read(c->ssl, c->in + c->in_len, (int)(sizeof(c->in) - c->in_len));
+        if (n > 0 || !conn_interrupted(c, n, errno))
+            break;
+        ERR_clear_error();
+    }
     if (n <= 0) {
         ERR_clear_error();
         return -1;
@@ -675,8 +728,7 @@ static int http_request(struct conn *c, struct wstats *st, const char *method, c
     int hl;
 
     for (int attempt = 0; attempt < 2; attempt++) {
-        bool fresh, got = false;
-        int w;
+        bool fresh, got = false, sent;
 
         if (c->ssl == NULL && conn_open(c, st) != 0)
             return B_ERR;
@@ -693,13 +745,8 @@ static int http_request(struct conn *c, struct wstats *st, const char *method, c
         }
         st->requests++;
         resp_reset(r);
-        w = SSL_write(c->ssl, head, hl);
-        if (w == hl && body_len > 0) {
-            if (body_len > INT_MAX)
-                return B_ERR;
-            w = SSL_write(c->ssl, body, (int)body_len) == (int)body_len ? hl : -1;
-        }
-        if (w == hl && read_response(c, strcmp(method, "HEAD") == 0, r, &got) == 0) {
+        sent = conn_write(c, head, (size_t)hl) && (body_len == 0 || conn_write(c, body, body_len));
+        if (sent && read_response(c, strcmp(method, "HEAD") == 0, r, &got) == 0) {
             c->n_on_conn++;
             if (r->close)
                 conn_close(c);
@@ -819,6 +866,41 @@ static int acme_post(struct client *cl, const char *url, const json_t *payload, 
         record_problem(&cl->st, &cl->r, what);
         return B_ERR;
     }
+}
+
+/*
+ * acme_post() for newOrder and authorization POST-as-GET: with --serialize-authz it holds
+ * authz_serial_lock around the request (see there why), waiting at most until deadline
+ * (monotonic seconds, the certificate's). Without the option it is acme_post().
+ */
+static int acme_post_serial(struct client *cl, const char *url, const json_t *payload,
+                            const char *what, double deadline)
+{
+    double left = deadline - now_s();
+    struct timespec until;
+    int err;
+
+    if (!cl->t->serialize_authz)
+        return acme_post(cl, url, payload, what);
+    if (left <= 0) {
+        stats_error(&cl->st, "bench:timeout", what);
+        return B_ERR;
+    }
+    clock_gettime(CLOCK_REALTIME, &until); /* pthread_mutex_timedlock() takes realtime */
+    until.tv_sec += (time_t)left;
+    until.tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    err = pthread_mutex_timedlock(&authz_serial_lock, &until);
+    if (err != 0) {
+        stats_error(&cl->st, "bench:timeout", err == ETIMEDOUT ? "--serialize-authz lock" : what);
+        return B_ERR;
+    }
+    err = acme_post(cl, url, payload, what);
+    pthread_mutex_unlock(&authz_serial_lock);
+    return err;
 }
 
 static json_t *resp_json(struct client *cl, const char *what)
@@ -953,7 +1035,7 @@ static int authz_valid(struct client *cl, const char *authz_url, double deadline
 
         json_decref(a);
         a = NULL;
-        if (acme_post(cl, authz_url, NULL, "authorization") != 0)
+        if (acme_post_serial(cl, authz_url, NULL, "authorization", deadline) != 0)
             goto out;
         if (polled++ > 0)
             cl->st.polls++;
@@ -1025,7 +1107,8 @@ static int issue_one(struct client *cl, uint64_t n)
 
     snprintf(name, sizeof(name), "c%u-%llu.%s", cl->id, (unsigned long long)n, cl->t->suffix);
     payload = json_pack("{s:[{s:s,s:s}]}", "identifiers", "type", "dns", "value", name);
-    if (payload == NULL || acme_post(cl, cl->t->new_order, payload, "newOrder") != 0)
+    if (payload == NULL ||
+        acme_post_serial(cl, cl->t->new_order, payload, "newOrder", deadline) != 0)
         goto out;
     if (cl->r.location[0] == '\0') {
         stats_error(&cl->st, "bench:noLocation", "newOrder");
@@ -1337,6 +1420,7 @@ static int target_init(struct target *t, const struct opts *o, const char **dir_
     t->timeout_ms = o->timeout_ms;
     t->suffix = o->suffix;
     t->trigger_challenges = o->trigger_challenges;
+    t->serialize_authz = o->serialize_authz;
     t->tls = SSL_CTX_new(TLS_client_method());
     if (t->tls == NULL)
         return -1;
@@ -1518,6 +1602,7 @@ static void report(const struct opts *o, struct totals *tot)
             json_object_set_new(j, "polls", json_integer((json_int_t)m->polls));
             json_object_set_new(j, "challenges", json_integer((json_int_t)m->challenges));
             json_object_set_new(j, "client_csr_ms_per_op", json_real(m->csr_ms_total * per_op));
+            json_object_set_new(j, "serialize_authz", json_boolean(o->serialize_authz));
         }
         json_object_set_new(j, "client_cpu_ms_per_op", json_real(tot->client_cpu_ms * per_op));
         if (srv) {
@@ -1534,9 +1619,12 @@ static void report(const struct opts *o, struct totals *tot)
         json_decref(j);
         return;
     }
-    printf("acmegw-bench %s%s%s  %s  concurrency %u, %.1f s\n", mode_rows[o->mode].name,
+    printf("acmegw-bench %s%s%s  %s  concurrency %u, %.1f s%s\n", mode_rows[o->mode].name,
            o->label ? " " : "", o->label ? o->label : "",
-           o->mode == MODE_HSM_SIGN ? o->module : o->directory, o->concurrency, tot->elapsed_s);
+           o->mode == MODE_HSM_SIGN ? o->module : o->directory, o->concurrency, tot->elapsed_s,
+           o->mode != MODE_ISSUE ? ""
+           : o->serialize_authz  ? ", serialize-authz on"
+                                 : ", serialize-authz off");
     printf("  %-16s %llu  (%.1f/s)\n", ops, (unsigned long long)m->ops, rate);
     printf("  %-16s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", "latency ms",
            pct(m->lat_ms, m->n_lat, 0.50), pct(m->lat_ms, m->n_lat, 0.90),
@@ -1580,6 +1668,11 @@ static void usage(void)
             "  --timeout-ms MS     socket timeout and per-certificate deadline (default 30000)\n"
             "  --trigger-challenges  POST to a pending authorization's challenge (servers that\n"
             "                      validate always, e.g. Pebble with PEBBLE_VA_ALWAYS_VALID=1)\n"
+            "  --serialize-authz   send every newOrder and authorization POST-as-GET under one\n"
+            "                      lock, so those requests never overlap across clients: works\n"
+            "                      around Pebble 2.4.0's lock-order deadlock between newOrder and\n"
+            "                      authorization GET. It limits the client (those two requests go\n"
+            "                      one at a time), so use it only for such a server (default off)\n"
             "  --label TEXT        name this run in the output\n"
             "  --json              one JSON object on stdout instead of the table\n"
             "  --allow-remote      allow a non-loopback server\n"
@@ -1631,6 +1724,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
             takes = false;
         } else if (strcmp(a, "--trigger-challenges") == 0) {
             o->trigger_challenges = true;
+            takes = false;
+        } else if (strcmp(a, "--serialize-authz") == 0) {
+            o->serialize_authz = true;
             takes = false;
         } else if (strcmp(a, "--allow-remote") == 0) {
             o->allow_remote = true;
