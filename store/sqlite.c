@@ -13,11 +13,15 @@
  * Durability. The whole store runs with synchronous=FULL, not only the commits that record a
  * certificate (st_cert_issue, st_cert_revoke, st_crl_next_number). Notes §4: FULL costs one WAL
  * fsync per commit, ~9 000 commits/s on the target disk, still over 10x the token's signing rate,
- * and one setting means no commit can be made with the wrong one by accident.
+ * and one setting means no commit can be made with the wrong one by accident. The writes of the
+ * issuance path share commits under concurrency (group commit, wb_begin/wb_end): fewer fsyncs, each
+ * still FULL, and no call returns before the commit holding its work is on disk.
  *
  * Statements. Every value is a bound parameter. The only SQL assembled at run time is
  * st_cert_list's WHERE clause, and only from fixed fragments chosen by which filters are set.
- * Statements are prepared per call: simple, and cheap next to a FULL commit.
+ * Statements are prepared once per connection and kept (the statement cache below): parsing SQL
+ * was the largest single share of a certificate's CPU when every call prepared its statements
+ * again (docs/performance.md).
  *
  * State changes are conditional (UPDATE ... WHERE id=? AND status=?): 0 rows changed means the
  * row is missing (AGW_ERR_NOT_FOUND) or was not in the 'from' state (AGW_ERR_CONFLICT), so two
@@ -39,6 +43,8 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +64,13 @@
 #define ST_BUSY_TIMEOUT_MS 5000
 #define ST_SQL_MAX         1024
 #define ST_KEY_MAX         64 /* the longest lookup key: ID, kid, thumbprint, serial */
+#define ST_BATCH_MAX       32 /* operations sharing one group commit, at most */
+
+struct wb_member { /* one operation waiting for its batch's commit; lives on its caller's stack */
+    struct wb_member *next;
+    int done;
+    int err;
+};
 
 struct sq_store {
     struct st_store base;       /* first member: the ops table (store/internal.h) */
@@ -69,6 +82,12 @@ struct sq_store {
     int reader_busy[ST_N_READERS];
     int locks_ready;                         /* write_lock, pool_lock and pool_cond initialised */
     unsigned char seal_key[ST_SEAL_KEY_LEN]; /* wiped in sq_close() */
+    /* group commit (wb_begin/wb_end): all guarded by write_lock except the notification */
+    atomic_uint wr_waiting;     /* threads blocked in wr_lock(): someone will commit after us */
+    struct wb_member *batch;    /* operations done in the open batch transaction, not committed */
+    unsigned batch_n;
+    pthread_mutex_t gc_lock;    /* guards every member's done/err; never held across I/O */
+    pthread_cond_t gc_cond;     /* broadcast when a batch is committed or failed */
 };
 
 /* Every struct st_store this file sees was made by sq_open(): base is the first member. */
@@ -205,15 +224,129 @@ static int sql_err(sqlite3 *db, int rc, const char *op)
     return AGW_ERR_STORE;
 }
 
+/*
+ * The statement cache. Each connection keeps up to ST_CACHE_SLOTS prepared statements, found by
+ * their SQL text; stmt_done() resets one and clears its bindings instead of finalizing it. A
+ * connection is used by one thread at a time (write_lock, the reader pool), so its slots need no
+ * lock; the registry that maps a connection to its slots is a fixed array whose db field is the
+ * only thing other threads read, atomically. Entries are never freed, so a reader scanning the
+ * registry never touches freed memory. A connection that finds no free registry entry, or a
+ * statement that finds no free slot, is simply prepared and finalized per call as before.
+ */
+#define ST_CACHE_SLOTS 64
+#define ST_CACHE_CONNS 64
+
+struct stmt_slot {
+    uint64_t hash;
+    char *sql;
+    sqlite3_stmt *st;
+    int busy; /* handed out by prep(), not yet back through stmt_done() */
+};
+
+struct stmt_cache {
+    _Atomic(sqlite3 *) db;
+    struct stmt_slot slot[ST_CACHE_SLOTS];
+};
+
+static struct stmt_cache stmt_caches[ST_CACHE_CONNS];
+static pthread_mutex_t stmt_caches_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct stmt_cache *cache_of(const sqlite3 *db)
+{
+    for (size_t i = 0; db != NULL && i < ST_CACHE_CONNS; i++)
+        if (atomic_load_explicit(&stmt_caches[i].db, memory_order_acquire) == db)
+            return &stmt_caches[i];
+    return NULL;
+}
+
+static void cache_attach(sqlite3 *db)
+{
+    pthread_mutex_lock(&stmt_caches_lock);
+    for (size_t i = 0; i < ST_CACHE_CONNS; i++) {
+        if (atomic_load_explicit(&stmt_caches[i].db, memory_order_relaxed) == NULL) {
+            memset(stmt_caches[i].slot, 0, sizeof(stmt_caches[i].slot));
+            atomic_store_explicit(&stmt_caches[i].db, db, memory_order_release);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&stmt_caches_lock);
+}
+
+/* Finalizes the connection's cached statements and closes it. NULL is fine. */
+static void conn_close(sqlite3 *db)
+{
+    struct stmt_cache *c = cache_of(db);
+
+    if (c != NULL) {
+        for (size_t i = 0; i < ST_CACHE_SLOTS; i++) {
+            sqlite3_finalize(c->slot[i].st);
+            free(c->slot[i].sql);
+        }
+        memset(c->slot, 0, sizeof(c->slot));
+        pthread_mutex_lock(&stmt_caches_lock);
+        atomic_store_explicit(&c->db, NULL, memory_order_release);
+        pthread_mutex_unlock(&stmt_caches_lock);
+    }
+    sqlite3_close(db);
+}
+
+static uint64_t sql_hash(const char *sql)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+
+    for (const unsigned char *p = (const unsigned char *)sql; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, const char *op)
 {
-    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+    struct stmt_cache *c = cache_of(db);
+    struct stmt_slot *free_slot = NULL;
+    uint64_t h = sql_hash(sql);
+    int rc;
 
+    for (size_t i = 0; c != NULL && i < ST_CACHE_SLOTS; i++) {
+        struct stmt_slot *sl = &c->slot[i];
+
+        if (sl->st == NULL) {
+            if (free_slot == NULL)
+                free_slot = sl;
+        } else if (!sl->busy && sl->hash == h && strcmp(sl->sql, sql) == 0) {
+            sl->busy = 1;
+            *st = sl->st;
+            return 0;
+        }
+    }
+    rc = sqlite3_prepare_v3(db, sql, -1, free_slot != NULL ? SQLITE_PREPARE_PERSISTENT : 0, st,
+                            NULL);
     if (rc != SQLITE_OK) {
         *st = NULL;
         return sql_err(db, rc, op);
     }
+    if (free_slot != NULL && (free_slot->sql = strdup(sql)) != NULL) {
+        free_slot->hash = h;
+        free_slot->st = *st;
+        free_slot->busy = 1;
+    }
     return 0;
+}
+
+/* The end of a statement from prep(): a cached one is reset for the next call (which also ends
+ * any read it holds open), any other finalized. NULL is fine. */
+static void stmt_done(sqlite3_stmt *st)
+{
+    struct stmt_cache *c = st != NULL ? cache_of(sqlite3_db_handle(st)) : NULL;
+
+    for (size_t i = 0; c != NULL && i < ST_CACHE_SLOTS; i++) {
+        if (c->slot[i].st == st) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            c->slot[i].busy = 0;
+            return;
+        }
+    }
+    sqlite3_finalize(st);
 }
 
 /*
@@ -222,8 +355,8 @@ static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, const char *op)
  *   e  const char *            text; NULL or "" binds NULL (optional foreign keys)
  *   i  int64_t                 integer
  *   b  const unsigned char *, size_t   blob
- * Values are bound SQLITE_STATIC: they must outlive the statement, which every caller finalizes
- * before returning.
+ * Values are bound SQLITE_STATIC: they must outlive the statement's use, which every caller ends
+ * with stmt_done() (clearing the bindings) before returning.
  */
 static int bindv(sqlite3 *db, sqlite3_stmt *st, const char *op, const char *fmt, ...)
 {
@@ -280,21 +413,33 @@ static int exec_sql(sqlite3 *db, const char *sql, const char *op)
     return rc == SQLITE_OK ? 0 : sql_err(db, rc, op);
 }
 
+/* One fixed statement without values, through the statement cache. */
+static int run_fixed(sqlite3 *db, const char *sql, const char *op)
+{
+    sqlite3_stmt *st = NULL;
+    int err = prep(db, sql, &st, op);
+
+    if (err == 0)
+        err = step_done(db, st, op);
+    stmt_done(st);
+    return err;
+}
+
 static int tx_begin(sqlite3 *db, const char *op)
 {
-    return exec_sql(db, "BEGIN IMMEDIATE", op);
+    return run_fixed(db, "BEGIN IMMEDIATE", op);
 }
 
 static int tx_commit(sqlite3 *db, const char *op)
 {
-    return exec_sql(db, "COMMIT", op);
+    return run_fixed(db, "COMMIT", op);
 }
 
 /* Safe to call whether or not a transaction is open (a failed COMMIT may leave one open). */
 static void tx_rollback(sqlite3 *db)
 {
     if (sqlite3_get_autocommit(db) == 0)
-        (void)exec_sql(db, "ROLLBACK", "rollback");
+        (void)run_fixed(db, "ROLLBACK", "rollback");
 }
 
 /* Copies a text column into a fixed field; NULL reads as "". */
@@ -348,15 +493,124 @@ static int64_t col_i64(sqlite3_stmt *st, int i)
 
 /* ---------------------------------------------------------------- connections */
 
+static void batch_flush(struct sq_store *q);
+
+/* The write connection, exclusively. A batch transaction left open by wb_end() for the threads
+ * queued here is committed first, so what follows runs and commits on its own as before. */
 static sqlite3 *wr_lock(struct st_store *s)
 {
+    atomic_fetch_add(&sq(s)->wr_waiting, 1);
     pthread_mutex_lock(&sq(s)->write_lock);
+    atomic_fetch_sub(&sq(s)->wr_waiting, 1);
+    batch_flush(sq(s));
     return sq(s)->wdb;
 }
 
 static void wr_unlock(struct st_store *s)
 {
     pthread_mutex_unlock(&sq(s)->write_lock);
+}
+
+/*
+ * Group commit, for the writes of the issuance path (st_order_create, st_order_transition,
+ * st_cert_issue). With synchronous=FULL every COMMIT is a WAL fsync with write_lock held, so under
+ * concurrency the fsyncs queue one behind the other. Here an operation runs inside SAVEPOINT b of
+ * a shared "batch" transaction; when it is done and other writers are already queued on
+ * write_lock, it leaves the transaction open for them and waits; the last writer of a burst (or
+ * the ST_BATCH_MAX-th) commits once, with one fsync, for everyone in the batch. No operation
+ * returns before the commit that contains it is on disk, so the durability of each call is that
+ * of its own FULL commit; a failed batch commit fails every operation in it. An operation that
+ * fails rolls back only its savepoint. A thread alone commits at once, as before.
+ */
+static void batch_notify(struct sq_store *q, int err)
+{
+    pthread_mutex_lock(&q->gc_lock);
+    for (struct wb_member *m = q->batch; m != NULL; m = m->next) {
+        m->err = err;
+        m->done = 1;
+    }
+    pthread_cond_broadcast(&q->gc_cond);
+    pthread_mutex_unlock(&q->gc_lock);
+    q->batch = NULL;
+    q->batch_n = 0;
+}
+
+/* Commits the open batch transaction, if any, and tells its members. write_lock held. */
+static void batch_flush(struct sq_store *q)
+{
+    int err;
+
+    if (sqlite3_get_autocommit(q->wdb)) {
+        if (q->batch != NULL) /* SQLite rolled the transaction back itself (I/O error, full) */
+            batch_notify(q, AGW_ERR_STORE);
+        return;
+    }
+    err = q->batch != NULL ? tx_commit(q->wdb, "group_commit") : AGW_ERR_STORE;
+    if (err != 0)
+        tx_rollback(q->wdb);
+    batch_notify(q, err);
+}
+
+/* Starts an operation of the batch: the write connection, inside SAVEPOINT b. NULL and *err
+ * set when no transaction could be started (write_lock is then released). */
+static sqlite3 *wb_begin(struct st_store *s, const char *op, int *err)
+{
+    struct sq_store *q = sq(s);
+    sqlite3 *db;
+
+    atomic_fetch_add(&q->wr_waiting, 1);
+    pthread_mutex_lock(&q->write_lock);
+    atomic_fetch_sub(&q->wr_waiting, 1);
+    db = q->wdb;
+    *err = sqlite3_get_autocommit(db) ? tx_begin(db, op) : 0;
+    if (*err == 0)
+        *err = run_fixed(db, "SAVEPOINT b", op);
+    if (*err == 0)
+        return db;
+    if (q->batch != NULL)
+        batch_flush(q); /* the others' work is done: commit it, nobody else may be coming */
+    else
+        tx_rollback(db);
+    pthread_mutex_unlock(&q->write_lock);
+    return NULL;
+}
+
+/* Ends an operation from wb_begin(): err 0 keeps its work, else only its work is rolled back.
+ * Returns once its work is committed (0) or known lost (an error); releases write_lock. */
+static int wb_end(struct st_store *s, int err)
+{
+    struct sq_store *q = sq(s);
+    struct wb_member m = {NULL, 0, 0};
+    sqlite3 *db = q->wdb;
+
+    if (err == 0)
+        err = run_fixed(db, "RELEASE b", "group_commit");
+    if (err != 0 && !sqlite3_get_autocommit(db)) {
+        (void)run_fixed(db, "ROLLBACK TO b", "group_commit");
+        (void)run_fixed(db, "RELEASE b", "group_commit");
+    }
+    if (err == 0) {
+        m.next = q->batch;
+        q->batch = &m;
+        q->batch_n++;
+    }
+    if (q->batch == NULL || sqlite3_get_autocommit(db) ||
+        atomic_load(&q->wr_waiting) == 0 || q->batch_n >= ST_BATCH_MAX) {
+        if (q->batch == NULL)
+            tx_rollback(db); /* an empty transaction: this operation failed, nobody else is in it */
+        else
+            batch_flush(q);
+        pthread_mutex_unlock(&q->write_lock);
+        return err != 0 ? err : m.err;
+    }
+    pthread_mutex_unlock(&q->write_lock); /* a queued writer commits for us */
+    if (err != 0)
+        return err;
+    pthread_mutex_lock(&q->gc_lock);
+    while (!m.done)
+        pthread_cond_wait(&q->gc_cond, &q->gc_lock);
+    pthread_mutex_unlock(&q->gc_lock);
+    return m.err;
 }
 
 /* Takes a free read connection, waiting for one if all are in use. */
@@ -404,6 +658,7 @@ static int conn_open(const char *path, int writer, sqlite3 **out)
         err = exec_sql(db, "PRAGMA query_only=ON", "open_reader");
         if (err != 0)
             goto fail;
+        cache_attach(db);
         *out = db;
         return 0;
     }
@@ -423,16 +678,17 @@ static int conn_open(const char *path, int writer, sqlite3 **out)
         err = AGW_ERR_STORE;
         goto fail;
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     st = NULL;
     err = exec_sql(db, "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL", "open_pragmas");
     if (err != 0)
         goto fail;
+    cache_attach(db);
     *out = db;
     return 0;
 fail:
-    sqlite3_finalize(st);
-    sqlite3_close(db); /* both accept NULL */
+    stmt_done(st);
+    sqlite3_close(db); /* both accept NULL; db is not in the cache yet */
     return err;
 }
 
@@ -457,7 +713,7 @@ static int read_version(sqlite3 *db, int *version)
     } else {
         err = sql_err(db, rc, "version");
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     return err;
 }
 
@@ -502,7 +758,7 @@ static int migrate(sqlite3 *db)
             err = bindv(db, st, "migrate", "ii", (int64_t)version + 1, (int64_t)time(NULL));
         if (err == 0)
             err = step_done(db, st, "migrate");
-        sqlite3_finalize(st);
+        stmt_done(st);
         if (err == 0)
             err = tx_commit(db, "migrate");
         if (err != 0)
@@ -515,6 +771,31 @@ fail:
 }
 
 static void sq_close(struct st_store *s);
+
+/* The store's mutexes and condition variables; on failure none is left initialised. */
+static int locks_init(struct sq_store *s)
+{
+    if (pthread_mutex_init(&s->write_lock, NULL) != 0)
+        return -1;
+    if (pthread_mutex_init(&s->pool_lock, NULL) != 0)
+        goto write_lock;
+    if (pthread_cond_init(&s->pool_cond, NULL) != 0)
+        goto pool_lock;
+    if (pthread_mutex_init(&s->gc_lock, NULL) != 0)
+        goto pool_cond;
+    if (pthread_cond_init(&s->gc_cond, NULL) != 0)
+        goto gc_lock;
+    return 0;
+gc_lock:
+    pthread_mutex_destroy(&s->gc_lock);
+pool_cond:
+    pthread_cond_destroy(&s->pool_cond);
+pool_lock:
+    pthread_mutex_destroy(&s->pool_lock);
+write_lock:
+    pthread_mutex_destroy(&s->write_lock);
+    return -1;
+}
 
 /* cfg->path: the database file, created 0600 if absent. */
 static int sq_open(const struct st_config *cfg, const unsigned char seal_key[32],
@@ -549,22 +830,11 @@ static int sq_open(const struct st_config *cfg, const unsigned char seal_key[32]
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return AGW_ERR_NOMEM;
-    err = AGW_ERR_INTERNAL;
-    if (pthread_mutex_init(&s->write_lock, NULL) != 0) {
+    if (locks_init(s) != 0) {
         free(s);
-        return err;
+        return AGW_ERR_INTERNAL;
     }
-    if (pthread_mutex_init(&s->pool_lock, NULL) != 0) {
-        pthread_mutex_destroy(&s->write_lock);
-        free(s);
-        return err;
-    }
-    if (pthread_cond_init(&s->pool_cond, NULL) != 0) {
-        pthread_mutex_destroy(&s->pool_lock);
-        pthread_mutex_destroy(&s->write_lock);
-        free(s);
-        return err;
-    }
+    atomic_init(&s->wr_waiting, 0);
     s->base.ops = &st_sqlite_ops;
     s->locks_ready = 1;
     memcpy(s->seal_key, seal_key, ST_SEAL_KEY_LEN);
@@ -594,9 +864,11 @@ static void sq_close(struct st_store *st)
     if (s == NULL)
         return;
     for (size_t i = 0; i < ST_N_READERS; i++)
-        sqlite3_close(s->readers[i]);
-    sqlite3_close(s->wdb); /* last: the final close checkpoints the WAL */
+        conn_close(s->readers[i]);
+    conn_close(s->wdb); /* last: the final close checkpoints the WAL */
     if (s->locks_ready) {
+        pthread_cond_destroy(&s->gc_cond);
+        pthread_mutex_destroy(&s->gc_lock);
         pthread_cond_destroy(&s->pool_cond);
         pthread_mutex_destroy(&s->pool_lock);
         pthread_mutex_destroy(&s->write_lock);
@@ -704,7 +976,7 @@ static int get_by_key(struct st_store *s, const char *op, const char *sql, const
         err = bindv(db, st, op, "t", key);
     if (err == 0)
         err = fetch_one(db, st, op, fn, out);
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -726,7 +998,7 @@ static int row_exists(sqlite3 *db, const char *sql, const char *key, const char 
         else if (rc != SQLITE_DONE)
             err = sql_err(db, rc, op);
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     return err;
 }
 
@@ -802,7 +1074,7 @@ static int sq_eab_create(struct st_store *s, const char *class_name, int64_t now
                     sealed_len, now);
     if (err == 0)
         err = step_done(db, st, "eab_create");
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     if (err != 0)
         goto done;
@@ -847,7 +1119,7 @@ static int sq_eab_get(struct st_store *s, const char *kid, struct st_eab *out, u
         err = st_unseal(sq(s)->seal_key, out->kid, blob, blob_len > 0 ? (size_t)blob_len : 0, hmac,
                         ST_HMAC_MAX, hmac_len);
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     if (err != 0)
         memset(out, 0, sizeof(*out));
@@ -870,7 +1142,7 @@ static int sq_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
     err = prep(db, "SELECT " EAB_COLS " FROM eab_keys ORDER BY created, rowid", &st, "eab_list");
     if (err == 0)
         err = collect(db, st, "eab_list", sizeof(struct st_eab), eab_row, NULL, &arr, n);
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     *out = arr;
     return err;
@@ -892,7 +1164,7 @@ static int sq_eab_revoke(struct st_store *s, const char *kid, int64_t now)
         err = bindv(db, st, "eab_revoke", "it", now, kid);
     if (err == 0)
         err = cond_update(db, st, "eab_revoke", "SELECT 1 FROM eab_keys WHERE kid = ?", kid);
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     if (err == 0)
         LOG_INFO("store.eab_revoked", "kid=%s", kid);
@@ -948,7 +1220,7 @@ static void account_holder(sqlite3 *db, const char *thumbprint, char existing_id
     if (prep(db, "SELECT id FROM accounts WHERE thumbprint = ?", &st, "account_holder") == 0 &&
         bindv(db, st, "account_holder", "t", thumbprint) == 0 && sqlite3_step(st) == SQLITE_ROW)
         (void)col_fixed(st, 0, existing_id, ST_ID_LEN);
-    sqlite3_finalize(st);
+    stmt_done(st);
 }
 
 /*
@@ -1008,7 +1280,7 @@ static int sq_account_create(struct st_store *s, struct st_account *a, char exis
                 err = sql_err(db, rc, "account_create");
             }
         }
-        sqlite3_finalize(st);
+        stmt_done(st);
         st = NULL;
         if (err != 0)
             goto rollback;
@@ -1021,7 +1293,7 @@ static int sq_account_create(struct st_store *s, struct st_account *a, char exis
                     a->contact_json != NULL ? a->contact_json : "[]");
     if (err == 0)
         err = step_done(db, st, "account_create");
-    sqlite3_finalize(st);
+    stmt_done(st);
     if (err != 0)
         goto rollback;
     err = tx_commit(db, "account_create");
@@ -1075,7 +1347,7 @@ static int sq_account_set_contact(struct st_store *s, const char *id, const char
         err = step_done(db, st, "account_contact");
     if (err == 0 && sqlite3_changes(db) != 1)
         err = AGW_ERR_NOT_FOUND;
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -1095,7 +1367,7 @@ static int sq_account_deactivate(struct st_store *s, const char *id)
         err = bindv(db, st, "account_deactivate", "t", id);
     if (err == 0)
         err = cond_update(db, st, "account_deactivate", "SELECT 1 FROM accounts WHERE id = ?", id);
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -1119,7 +1391,7 @@ static int sq_account_set_key(struct st_store *s, const char *id, const char *th
         err = step_done(db, st, "account_set_key");
     if (err == 0 && sqlite3_changes(db) != 1)
         err = AGW_ERR_NOT_FOUND;
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -1211,7 +1483,7 @@ static int sq_count_in_tx(sqlite3 *db, const char *sql, const char *t, int64_t i
         else
             err = sql_err(db, rc, "order_limits");
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     return err;
 }
 
@@ -1277,10 +1549,10 @@ static int sq_order_create(struct st_store *s, struct st_order *o, struct st_aut
         return err;
     st_copy_str(o->status, sizeof(o->status), or_default(o->status, "pending"));
 
-    db = wr_lock(s);
-    err = tx_begin(db, "order_create"); /* BEGIN IMMEDIATE: writers in every process take turns */
-    if (err != 0)
-        goto unlock;
+    /* BEGIN IMMEDIATE (wb_begin): writers in every process take turns */
+    db = wb_begin(s, "order_create", &err);
+    if (db == NULL)
+        return err;
     err = sq_order_limits(db, o);
     if (err != 0)
         goto rollback;
@@ -1292,7 +1564,7 @@ static int sq_order_create(struct st_store *s, struct st_order *o, struct st_aut
                     o->not_before, o->not_after, o->identifiers_json, o->error_json);
     if (err == 0)
         err = step_done(db, st, "order_create");
-    sqlite3_finalize(st);
+    stmt_done(st);
     st = NULL;
     if (err != 0)
         goto rollback;
@@ -1310,7 +1582,7 @@ static int sq_order_create(struct st_store *s, struct st_order *o, struct st_aut
             err = step_done(db, st, "order_create");
         sqlite3_reset(st);
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     st = NULL;
     if (err != 0)
         goto rollback;
@@ -1328,19 +1600,11 @@ static int sq_order_create(struct st_store *s, struct st_order *o, struct st_aut
             err = step_done(db, st, "order_create");
         sqlite3_reset(st);
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     if (err != 0)
         goto rollback;
-    err = tx_commit(db, "order_create");
-    if (err != 0)
-        goto rollback;
-    wr_unlock(s);
-    return 0;
 rollback:
-    tx_rollback(db);
-unlock:
-    wr_unlock(s);
-    return err;
+    return wb_end(s, err); /* err 0: committed, possibly together with other operations */
 }
 
 static int sq_order_get(struct st_store *s, const char *id, struct st_order *out)
@@ -1391,7 +1655,7 @@ static int sq_order_ids_by_account(struct st_store *s, const char *account_id, s
                     max == 0 || max > INT64_MAX ? (int64_t)-1 : (int64_t)max);
     if (err == 0)
         err = collect(db, st, "order_ids", ST_ID_LEN, id_row, NULL, &arr, n);
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     *ids = arr;
     return err;
@@ -1406,7 +1670,9 @@ static int sq_order_transition(struct st_store *s, const char *id, const char *f
 
     if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
         return AGW_ERR_BAD_INPUT;
-    db = wr_lock(s);
+    db = wb_begin(s, "order_transition", &err);
+    if (db == NULL)
+        return err;
     /* error_json NULL keeps what is there */
     err = prep(db,
                "UPDATE orders SET status = ?, error_json = COALESCE(?, error_json), "
@@ -1416,9 +1682,8 @@ static int sq_order_transition(struct st_store *s, const char *id, const char *f
         err = bindv(db, st, "order_transition", "tttt", to, error_json, id, from);
     if (err == 0)
         err = cond_update(db, st, "order_transition", "SELECT 1 FROM orders WHERE id = ?", id);
-    sqlite3_finalize(st);
-    wr_unlock(s);
-    return err;
+    stmt_done(st);
+    return wb_end(s, err);
 }
 
 /* status NULL counts orders in any state. */
@@ -1450,7 +1715,7 @@ static int sq_order_count(struct st_store *s, const char *account_id, const char
         else
             err = sql_err(db, rc, "order_count");
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -1476,7 +1741,7 @@ static int count_since(struct st_store *s, const char *sql, const char *what, co
         else
             err = sql_err(db, rc, what);
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -1561,7 +1826,7 @@ static int list_by_key(struct st_store *s, const char *op, const char *sql, cons
         err = bindv(db, st, op, "t", key);
     if (err == 0)
         err = collect(db, st, op, elem_size, fn, clear, out, n);
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -1602,7 +1867,7 @@ static int sq_authz_transition(struct st_store *s, const char *id, const char *f
     if (err == 0)
         err = cond_update(db, st, "authz_transition", "SELECT 1 FROM authorizations WHERE id = ?",
                           id);
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -1694,7 +1959,7 @@ static int sq_challenge_transition(struct st_store *s, const char *id, const cha
     if (err == 0)
         err = cond_update(db, st, "challenge_transition", "SELECT 1 FROM challenges WHERE id = ?",
                           id);
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -1781,10 +2046,9 @@ static int sq_cert_issue(struct st_store *s, const struct st_cert *c)
 
     if (s == NULL || c == NULL || !cert_input_ok(c))
         return AGW_ERR_BAD_INPUT;
-    db = wr_lock(s);
-    err = tx_begin(db, "cert_issue");
-    if (err != 0)
-        goto unlock;
+    db = wb_begin(s, "cert_issue", &err);
+    if (db == NULL)
+        return err;
     if (c->order_id[0] != '\0') {
         /* §7.4: only an order being finalized becomes valid, and only once */
         err = prep(db,
@@ -1797,7 +2061,7 @@ static int sq_cert_issue(struct st_store *s, const struct st_cert *c)
         if (err == 0)
             err =
                 cond_update(db, st, "cert_issue", "SELECT 1 FROM orders WHERE id = ?", c->order_id);
-        sqlite3_finalize(st);
+        stmt_done(st);
         st = NULL;
         if (err != 0)
             goto rollback;
@@ -1817,21 +2081,16 @@ static int sq_cert_issue(struct st_store *s, const struct st_cert *c)
                     (const unsigned char *)c->der, c->der_len, c->chain_pem);
     if (err == 0)
         err = step_done(db, st, "cert_issue");
-    sqlite3_finalize(st);
+    stmt_done(st);
     if (err != 0)
         goto rollback;
-    err = tx_commit(db, "cert_issue"); /* synchronous=FULL: on disk when this returns */
-    if (err != 0)
-        goto rollback;
-    wr_unlock(s);
-    LOG_INFO("store.cert_recorded", "serial=%s order=%s issuer=%s", c->serial, c->order_id,
-             c->issuer);
-    return 0;
-rollback:
-    tx_rollback(db);
-unlock:
-    wr_unlock(s);
+    err = wb_end(s, 0); /* synchronous=FULL: on disk when this returns 0 */
+    if (err == 0)
+        LOG_INFO("store.cert_recorded", "serial=%s order=%s issuer=%s", c->serial, c->order_id,
+                 c->issuer);
     return err;
+rollback:
+    return wb_end(s, err);
 }
 
 static int sq_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
@@ -1917,7 +2176,7 @@ static int sq_cert_list(struct st_store *s, const struct st_cert_filter *f, stru
     err = collect(db, st, "cert_list", sizeof(struct st_cert), cert_row, cert_clear_v, &arr, n);
     *out = arr;
 done:
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -1942,7 +2201,7 @@ static int sq_cert_revoke(struct st_store *s, const char *serial, int reason, in
     if (err == 0)
         err = cond_update(db, st, "cert_revoke", "SELECT 1 FROM certificates WHERE serial = ?",
                           serial);
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     if (err == AGW_ERR_CONFLICT)
         err = AGW_ERR_ALREADY_REVOKED; /* the only other status is revoked */
@@ -1986,7 +2245,7 @@ static int sq_revoked_list(struct st_store *s, const char *issuer, int64_t since
     if (err == 0)
         err =
             collect(db, st, "revoked_list", sizeof(struct st_revoked), revoked_row, NULL, &arr, n);
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     *out = arr;
     return err;
@@ -2023,7 +2282,7 @@ static int sq_crl_next_number(struct st_store *s, const char *issuer, uint64_t *
             err = sql_err(db, rc, "crl_next_number");
         }
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -2051,7 +2310,7 @@ static int issuer_int(struct st_store *s, const char *sql, const char *op, const
         else if (rc != SQLITE_DONE)
             err = sql_err(db, rc, op);
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -2105,7 +2364,7 @@ static int sq_order_replacing(struct st_store *s, const char *cert_id, int64_t n
         else if (rc != SQLITE_DONE)
             err = sql_err(db, rc, "order_replacing");
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -2139,7 +2398,7 @@ static int sq_write(struct st_store *s, const char *op, const char *sql, long *c
         err = step_done(db, st, op);
     if (err == 0 && changed != NULL)
         *changed = (long)sqlite3_changes(db);
-    sqlite3_finalize(st);
+    stmt_done(st);
     wr_unlock(s);
     return err;
 }
@@ -2187,7 +2446,7 @@ static int sq_authz_valid_for(struct st_store *s, const char *account_id, const 
         else if (rc != SQLITE_DONE)
             err = sql_err(db, rc, "authz_valid_for");
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }
@@ -2282,7 +2541,7 @@ static int sq_crl_get(struct st_store *s, const char *issuer, uint64_t *number,
             err = sql_err(db, rc, "crl_get");
         }
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     rd_put(s, slot);
     return err;
 }

@@ -1423,6 +1423,21 @@ static void pg_concurrent_migrations_apply_once(void)
     CHECK(fx.s == NULL);
 }
 
+/* n orders of the account, each moved to "ready"; their IDs in ids. */
+static void make_ready_orders(struct st_store *s, const char *account_id, int n,
+                              char ids[][ST_ID_LEN])
+{
+    for (int i = 0; i < n; i++) {
+        struct st_order o;
+        struct st_authz az[2];
+        struct st_new_challenge ch[2];
+
+        CHECK_INT(make_order(s, account_id, &o, az, ch), 0);
+        CHECK_INT(st_order_transition(s, o.id, "pending", "ready", NULL), 0);
+        memcpy(ids[i], o.id, ST_ID_LEN);
+    }
+}
+
 #define N_RACES 30
 
 struct racer {
@@ -1479,15 +1494,7 @@ static void pg_two_instances_finalizing_one_order_race(void)
     CHECK_INT(store_open(fx.db, fx.key, &s2), 0);
     make_account(&a, "thumb-R", "");
     CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
-    for (int i = 0; i < N_RACES; i++) {
-        struct st_order o;
-        struct st_authz az[2];
-        struct st_new_challenge ch[2];
-
-        CHECK_INT(make_order(fx.s, a.id, &o, az, ch), 0);
-        CHECK_INT(st_order_transition(fx.s, o.id, "pending", "ready", NULL), 0);
-        memcpy(order_ids[i], o.id, ST_ID_LEN);
-    }
+    make_ready_orders(fx.s, a.id, N_RACES, order_ids);
     CHECK_INT(pthread_barrier_init(&barrier, NULL, 2), 0);
     for (int i = 0; i < 2; i++) {
         memset(&rc[i], 0, sizeof(rc[i]));
@@ -1524,6 +1531,126 @@ static void pg_two_instances_finalizing_one_order_race(void)
     fprintf(stderr, "store: %d finalize races, transitions won %d/%d, issued %d/%d\n", N_RACES,
             rc[0].n_transitioned, rc[1].n_transitioned, rc[0].n_issued, rc[1].n_issued);
     st_close(s2);
+    st_close(fx.s);
+}
+
+/*
+ * Many threads on one store through the issuance writes (st_order_create, st_order_transition,
+ * st_cert_issue), which SQLite groups into shared commits: each round all threads race for one
+ * order's ready -> processing (losers roll back inside the same batch as the winner) while
+ * creating orders of their own. Every acknowledged write must be there after a reopen, and
+ * nothing else.
+ */
+#define GC_THREADS 8
+#define GC_ROUNDS  40
+
+struct gc_worker {
+    struct st_store *s;
+    pthread_barrier_t *barrier;
+    const char (*shared)[ST_ID_LEN];
+    const char *account_id;
+    int index;
+    int n_won, n_issued, n_own;
+    int bad_err;
+    char own[GC_ROUNDS][ST_ID_LEN];
+};
+
+static void *gc_run(void *arg)
+{
+    static const unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x02};
+    struct gc_worker *w = arg;
+
+    for (int i = 0; i < GC_ROUNDS; i++) {
+        struct st_order o;
+        struct st_authz az[2];
+        struct st_new_challenge ch[2];
+        int err;
+
+        pthread_barrier_wait(w->barrier);
+        err = st_order_transition(w->s, w->shared[i], "ready", "processing", NULL);
+        if (err == 0) {
+            struct st_cert c;
+            char serial[ST_SERIAL_LEN];
+
+            w->n_won++;
+            snprintf(serial, sizeof(serial), "%02x%04x", w->index + 0x20, (unsigned)i);
+            make_cert(&c, serial, w->shared[i], w->account_id, "sensor", "a.example",
+                      NOW + 86400, der, sizeof(der));
+            err = st_cert_issue(w->s, &c);
+            if (err == 0)
+                w->n_issued++;
+            else
+                w->bad_err = err;
+        } else if (err != AGW_ERR_CONFLICT) {
+            w->bad_err = err;
+        }
+        memset(&o, 0, sizeof(o));
+        err = make_order(w->s, w->account_id, &o, az, ch);
+        if (err == 0) {
+            memcpy(w->own[w->n_own++], o.id, ST_ID_LEN);
+            err = st_order_transition(w->s, o.id, "pending", "ready", NULL);
+        }
+        if (err != 0)
+            w->bad_err = err;
+    }
+    return NULL;
+}
+
+static void group_commit_keeps_every_acknowledged_write(void)
+{
+    static char shared[GC_ROUNDS][ST_ID_LEN];
+    static struct gc_worker w[GC_THREADS];
+    pthread_t th[GC_THREADS];
+    pthread_barrier_t barrier;
+    struct fixture fx;
+    struct st_account a;
+    int won = 0, issued = 0, own = 0;
+
+    CHECK_INT(fixture_open(&fx, "group"), 0);
+    make_account(&a, "thumb-G", "");
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    make_ready_orders(fx.s, a.id, GC_ROUNDS, shared);
+    CHECK_INT(pthread_barrier_init(&barrier, NULL, GC_THREADS), 0);
+    for (int i = 0; i < GC_THREADS; i++) {
+        memset(&w[i], 0, sizeof(w[i]));
+        w[i].s = fx.s;
+        w[i].barrier = &barrier;
+        w[i].shared = (const char(*)[ST_ID_LEN])shared;
+        w[i].account_id = a.id;
+        w[i].index = i;
+        CHECK_INT(pthread_create(&th[i], NULL, gc_run, &w[i]), 0);
+    }
+    for (int i = 0; i < GC_THREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&barrier);
+    for (int i = 0; i < GC_THREADS; i++) {
+        CHECK_INT(w[i].bad_err, 0);
+        won += w[i].n_won;
+        issued += w[i].n_issued;
+        own += w[i].n_own;
+    }
+    CHECK_INT(won, GC_ROUNDS); /* one winner per shared order, losers changed nothing */
+    CHECK_INT(issued, GC_ROUNDS);
+    CHECK_INT(own, GC_THREADS * GC_ROUNDS);
+    st_close(fx.s);
+
+    /* what a fresh process sees */
+    fx.s = NULL;
+    CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM certificates"), GC_ROUNDS);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM orders WHERE status = 'valid'"), GC_ROUNDS);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM orders WHERE status = 'processing'"), 0);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM orders WHERE status = 'ready'"),
+              GC_THREADS * GC_ROUNDS);
+    for (int i = 0; i < GC_THREADS; i++) {
+        for (int j = 0; j < w[i].n_own; j++) {
+            struct st_order o;
+
+            CHECK_INT(st_order_get(fx.s, w[i].own[j], &o), 0);
+            CHECK_STR(o.status, "ready");
+            st_order_clear(&o);
+        }
+    }
     st_close(fx.s);
 }
 
@@ -1565,6 +1692,7 @@ int main(void)
     RUN(order_limits_hold_under_concurrency_and_replaces_is_unique);
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
+    RUN(group_commit_keeps_every_acknowledged_write);
     RUN(kill9_loses_no_acknowledged_certificate);
 
     pg_base = getenv("ACMEGW_TEST_PG_CONNINFO");
@@ -1581,6 +1709,7 @@ int main(void)
         RUN(order_limits_hold_under_concurrency_and_replaces_is_unique);
         RUN(overlong_inputs_are_refused_and_write_nothing);
         RUN(concurrent_account_creation);
+        RUN(group_commit_keeps_every_acknowledged_write);
         RUN(kill9_loses_no_acknowledged_certificate);
         RUN(pg_concurrent_migrations_apply_once);
         RUN(pg_two_instances_finalizing_one_order_race);
