@@ -9,7 +9,8 @@
 # BENCH_DURATION (seconds per issue run, default 10), BENCH_NONCE_DURATION (default 5),
 # BENCH_CONCURRENCY (default "1 8 32 512"), BENCH_PERF=0 to skip the perf profile,
 # BENCH_DOC (default docs/performance.md; BENCH_DOC=- writes no doc), BENCH_KEEP=1 keeps the
-# temporary directory, BENCH_NO_INSTALL=1 never runs apt-get, BENCH_NO_BUILD=1 skips the build.
+# temporary directory, BENCH_NO_INSTALL=1 never runs apt-get, BENCH_NO_BUILD=1 skips the build,
+# BENCH_SOAK (seconds, default 0 = no soak run) with BENCH_SOAK_CONCURRENCY (default 32).
 #
 # What runs: a fresh quickstart state in a temporary directory (token, CA, TLS certificate, EAB
 # key) and the gateway on a free loopback port; Debian's pebble on another port with EAB required,
@@ -17,7 +18,9 @@
 # PEBBLE_WFE_NONCEREJECT=0 (its defaults add random sleeps and reject 5 % of good nonces), and
 # the same TLS certificate as the gateway, so both servers pay the same handshake. Then
 # acmegw-bench issue at each concurrency against both (alternating, so background load hits
-# both alike; Pebble's with --serialize-authz, see start_pebble), nonce and accounts modes, the
+# both alike; Pebble's with --serialize-authz, see start_pebble); with BENCH_SOAK, a soak run of
+# acmegw alone (issue for BENCH_SOAK s, its VmRSS sampled every 30 s; the target is zero errors,
+# no stall and RSS growing less than 10 % over 10 minutes); nonce and accounts modes, the
 # crypto floor (openssl speed; acmegw-bench hsm-sign against the same SoftHSM2 token), and a perf
 # profile of the gateway at c=8.
 # pebble is a benchmark-only dependency: installed here, not in tools/deps.sh.
@@ -27,12 +30,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BENCH_BUILD_DIR:-$ROOT/build-bench}
 DURATION=${BENCH_DURATION:-10}
 NONCE_DURATION=${BENCH_NONCE_DURATION:-5}
+SOAK=${BENCH_SOAK:-0}
+SOAK_CONCURRENCY=${BENCH_SOAK_CONCURRENCY:-32}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 8 32 512"}
 DOC=${BENCH_DOC:-$ROOT/docs/performance.md}
 MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 PY=/usr/bin/python3
 BENCH_CMD="$0${*:+ $*}"
-for v in BENCH_DURATION BENCH_NONCE_DURATION BENCH_CONCURRENCY BENCH_PERF BENCH_BUILD_DIR; do
+for v in BENCH_DURATION BENCH_NONCE_DURATION BENCH_CONCURRENCY BENCH_PERF BENCH_BUILD_DIR \
+    BENCH_SOAK BENCH_SOAK_CONCURRENCY; do
     [ -n "${!v:-}" ] && BENCH_CMD="$v='${!v}' $BENCH_CMD"
 done
 
@@ -80,9 +86,11 @@ BENCH="$BUILD/tools/acmegw-bench"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/acmegw-bench.XXXXXX")
 PEBBLE_PID=""
+SAMPLER_PID=""
 cleanup() {
     local rc=$?
     set +e
+    [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
     stop_pebble
     ACMEGW_STATE=$TMP/gw ACMEGW_BUILD_DIR=$BUILD "$ROOT/tools/quickstart.sh" --stop >/dev/null 2>&1
     if [ "$rc" = 0 ] && [ "${BENCH_KEEP:-0}" != 1 ]; then
@@ -166,11 +174,41 @@ run() { # name, server(acmegw|pebble), mode, concurrency, duration
         "${extra[@]}" >"$TMP/res/$name.json" 2>"$TMP/res/$name.err" || true
     [ -s "$TMP/res/$name.json" ] || echo '{}' >"$TMP/res/$name.json"
 }
+rss_kb() { # pid: prints its VmRSS in kB; fails once the process is gone
+    local k v _
+    while read -r k v _; do
+        [ "$k" = VmRSS: ] && { echo "$v"; return 0; }
+    done <"/proc/$1/status"
+    return 1
+} 2>/dev/null
+# Appends "elapsed_s rss_kb" lines to out: one at the start, one every every_s seconds, and a last
+# one when the stop file appears (polled each second, so the caller's wait returns within 1 s).
+sample_rss() { # pid, every_s, out, stop file
+    local pid=$1 every=$2 out=$3 stop=$4 start=$SECONDS next=0 t kb
+    while :; do
+        t=$((SECONDS - start))
+        if [ -e "$stop" ] || [ "$t" -ge "$next" ]; then
+            kb=$(rss_kb "$pid") || break
+            echo "$t $kb" >>"$out"
+            next=$((next + every))
+            [ -e "$stop" ] && break
+        fi
+        sleep 1
+    done
+}
 uptime >"$TMP/res/load-before.txt"
 for c in $CONCURRENCY; do
     run "issue-acmegw-$c" acmegw issue "$c" "$DURATION"
     run "issue-pebble-$c" pebble issue "$c" "$DURATION"
 done
+if [ "$SOAK" != 0 ]; then
+    sample_rss "$ACMEGW_PID" 30 "$TMP/res/soak-rss.txt" "$TMP/soak.stop" &
+    SAMPLER_PID=$!
+    run soak acmegw issue "$SOAK_CONCURRENCY" "$SOAK"
+    touch "$TMP/soak.stop"
+    wait "$SAMPLER_PID" || true
+    SAMPLER_PID=""
+fi
 for srv in acmegw pebble; do
     run "nonce-$srv" "$srv" nonce 8 "$NONCE_DURATION"
     run "accounts-$srv" "$srv" accounts 8 "$NONCE_DURATION"
@@ -311,7 +349,7 @@ if [ "${BENCH_PERF:-1}" = 1 ]; then
 fi
 
 # ------------------------------------------------------------------ report
-BENCH_DURATION=$DURATION "$PY" - "$TMP/res" "$DOC" "$BENCH_CMD" <<'PYEOF'
+BENCH_DURATION=$DURATION BENCH_SOAK=$SOAK "$PY" - "$TMP/res" "$DOC" "$BENCH_CMD" <<'PYEOF'
 import glob, json, os, platform, re, subprocess, sys
 
 res, doc, cmd = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -331,10 +369,15 @@ def cpu(j):
 
 DUR = float(os.environ.get("BENCH_DURATION", "10"))
 
-def errs(j):
+SOAK = float(os.environ.get("BENCH_SOAK", "0"))
+
+def stalled(j, dur):
+    return j.get("elapsed_s", 0) > dur + 5 and j.get("mode") == "issue"
+
+def errs(j, dur=DUR):  # dur=None: leave the hang out (the soak section reports it on its own line)
     if not j:
         return "run failed"
-    hung = j.get("elapsed_s", 0) > DUR + 5 and j.get("mode") == "issue"
+    hung = dur is not None and stalled(j, dur)
     note = "; hung: the run took %.0f s" % j["elapsed_s"] if hung else ""
     if j.get("errors", 0) == 0:
         return "0" + note
@@ -362,6 +405,38 @@ for c in concs:
 if any(load("issue-pebble-%d" % c).get("serialize_authz") for c in concs):
     lines += ["", "Pebble runs use `--serialize-authz` (see docs/performance.md)."]
 table = "\n".join(lines)
+
+soak = []
+if os.path.exists(os.path.join(res, "soak.json")):
+    j = load("soak")
+    lat, s = j.get("latency_ms", {}), j.get("server", {})
+    rss = []
+    try:
+        for line in open(os.path.join(res, "soak-rss.txt")):
+            f = line.split()
+            if len(f) == 2 and f[0].isdigit() and f[1].isdigit():
+                rss.append((int(f[0]), int(f[1])))
+    except OSError:
+        pass
+    if rss:
+        first, last = rss[0][1], rss[-1][1]
+        growth = "%d kB -> %d kB (%+.1f %%), max %d kB" % (
+            first, last, 100.0 * (last - first) / first if first else 0.0, max(kb for _, kb in rss))
+    else:
+        growth = "no samples"
+    el = j.get("elapsed_s")
+    soak = [
+        "### Soak: acmegw at c=%s for %g s" % (j.get("concurrency", "?"), SOAK), "",
+        "- certificates: %s (%s certs/s)" % (j.get("certificates", "-"), num(j.get("per_s"))),
+        "- errors: %s" % errs(j, None),
+        "- latency: p99 %s ms, max %s ms" % (num(lat.get("p99"), "%.2f"), num(lat.get("max"), "%.2f")),
+        "- stalled: %s" % ("-" if el is None else "%s (the run took %.1f s)" % (
+            "yes" if stalled(j, SOAK) else "no", el)),
+        "- RSS (VmRSS, first -> last sample): %s; acmegw-bench's before -> after: %s -> %s kB" % (
+            growth, s.get("rss_kb_before", "-"), s.get("rss_kb_after", "-")),
+        "- RSS samples: %s" % (", ".join("%d s %d kB" % t for t in rss) or "-"),
+        "",
+    ]
 
 other = ["| mode | server | ops/s | p99 ms | server CPU ms/op | errors |", "|---|---|---|---|---|---|"]
 for mode in ("nonce", "accounts"):
@@ -431,6 +506,7 @@ section = "\n".join([
     "### issue: acmegw vs Pebble", "", table, "",
     "Ratios (acmegw / Pebble certs/s; Pebble / acmegw server CPU per certificate):", "",
     "| c | certs/s ratio | CPU efficiency ratio |", "|---|---|---|", *ratios, "",
+    *soak,
     "### nonce and accounts", "", *other, "",
     "### Crypto floor", "", *floor_lines, "",
     "### Profile (perf, acmegw at c=8)", "", prof if prof != "-" else "(not run)", "",
