@@ -80,7 +80,7 @@ struct sq_store {
     pthread_cond_t pool_cond;  /* signalled when a reader is returned */
     sqlite3 *readers[ST_N_READERS];
     int reader_busy[ST_N_READERS];
-    int locks_ready;                         /* write_lock, pool_lock and pool_cond initialised */
+    int locks_ready;                         /* every mutex and condition variable initialised */
     unsigned char seal_key[ST_SEAL_KEY_LEN]; /* wiped in sq_close() */
     /* group commit (wb_begin/wb_end): all guarded by write_lock except the notification */
     atomic_uint wr_waiting;     /* threads blocked in wr_lock(): someone will commit after us */

@@ -285,7 +285,7 @@ def flush():
         if cat:
             break
         if sym in ("gw_issue_finalize", "chain_pem") and "ASN1_item_d2i_ex" in syms[:i]:
-            cat = "issue: d2i_X509 of the signed certificate (dates, chain PEM)"
+            cat = "CSR: decode (d2i_X509_REQ, with its public key)"
             break
         for rx, c in rules:
             if rx.search(sym) or rx.search(dso):
