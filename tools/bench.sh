@@ -63,12 +63,9 @@ install_missing() { # package...
         $missing >/dev/null
 }
 
+# N (default 1) distinct free loopback ports (tools/free-port.py)
 free_port() {
-    "$PY" -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
+    "$PY" "$ROOT/tools/free-port.py" "${1:-1}"
 }
 
 install_missing pebble
@@ -113,14 +110,14 @@ ACMEGW_STATE=$TMP/gw ACMEGW_PORT=$(free_port) ACMEGW_NO_INSTALL=1 ACMEGW_NO_BUIL
 . "$TMP/gw/env.sh"
 export SOFTHSM2_CONF
 
-PEBBLE_PORT=$(free_port)
+read -r PEBBLE_PORT PEBBLE_MGMT_PORT PEBBLE_HTTP_PORT PEBBLE_TLS_PORT <<<"$(free_port 4)"
 cat >"$TMP/pebble.json" <<EOF
 {"pebble": {
   "listenAddress": "127.0.0.1:$PEBBLE_PORT",
-  "managementListenAddress": "127.0.0.1:$(free_port)",
+  "managementListenAddress": "127.0.0.1:$PEBBLE_MGMT_PORT",
   "certificate": "$ACMEGW_STATE/tls/server.pem",
   "privateKey": "$ACMEGW_STATE/tls/server.key",
-  "httpPort": $(free_port), "tlsPort": $(free_port), "ocspResponderURL": "",
+  "httpPort": $PEBBLE_HTTP_PORT, "tlsPort": $PEBBLE_TLS_PORT, "ocspResponderURL": "",
   "externalAccountBindingRequired": true,
   "externalAccountMACKeys": {"$ACMEGW_EAB_KID": "$ACMEGW_EAB_HMAC"}
 }}

@@ -37,8 +37,7 @@ cluster_cleanup() {
 }
 trap cluster_cleanup EXIT
 trap 'exit 130' INT TERM
-p0=$(e2e_free_port) p2=$(e2e_free_port) p3=$(e2e_free_port)
-p1=$((p0 + 1))
+read -r p0 p1 p2 p3 <<<"$(e2e_free_port 4)"
 if ! ACMEGW_STATE=$E2E_TMP ACMEGW_PORT=$p0 ACMEGW_CRL_PORT=$p1 ACMEGW_GW_PORTS="$p2 $p3" \
     ACMEGW_BUILD_DIR=$BUILD_DIR ACMEGW_NO_INSTALL=1 ACMEGW_NO_BUILD=1 \
     SOFTHSM2_MODULE=${SOFTHSM2_MODULE:-} "$SOURCE_DIR/tools/cluster.sh" --detach \

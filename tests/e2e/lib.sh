@@ -34,12 +34,9 @@ if [ -n "${ACMEGW_TEST_PG_CONNINFO:-}" ]; then
     sqlite3() { local sql; for sql; do :; done; e2e_psql "$ACMEGW_STORE_CONNINFO" "$sql"; }
 fi
 
+# N (default 1) distinct free loopback ports (tools/free-port.py)
 e2e_free_port() {
-    "$E2E_PY" -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
+    "$E2E_PY" "$SOURCE_DIR/tools/free-port.py" "${1:-1}"
 }
 
 e2e_cleanup() {
