@@ -19,7 +19,10 @@
  * Backend dispatch (store/store.c). Every backend's handle starts with a struct st_store, so a
  * backend casts the handle it is given back to its own type; the public st_* functions forward
  * to s->ops. One function pointer per public st_* function that takes a store, with the same
- * arguments and the same contract as in store/store.h.
+ * arguments and the same contract as in store/store.h, except for the reads by key (account_get,
+ * account_by_thumbprint, order_get, authz_get, challenge_get, cert_get, authz_list_by_order,
+ * challenge_list_by_authz): store.c checks their arguments and resets and clears their
+ * out-parameters, so they get a valid handle, their own copy of the key and a zeroed *out.
  */
 struct st_ops {
     const char *driver; /* "sqlite", "postgresql": the st_config.driver that selects it */

@@ -55,7 +55,6 @@
 #define PG_N_CONNS      4
 #define PG_MAX_PARAMS   16
 #define PG_SQL_MAX      1024
-#define PG_KEY_MAX      64 /* the longest lookup key: ID, kid, thumbprint, serial */
 #define PG_MIGRATE_LOCK "7162863054325281585" /* any constant: "acmegw" migrations, by agreement   \
                                                */
 
@@ -953,19 +952,6 @@ static int account_row(const PGresult *r, int row, void *out)
     return err;
 }
 
-static int account_fetch(struct st_store *s, const char *op, const char *sql, const char *key_in,
-                         struct st_account *out)
-{
-    char key[PG_KEY_MAX];
-    int err;
-
-    st_copy_str(key, sizeof(key), key_in); /* the key may point into *out, cleared next */
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, op, sql, key, account_row, out);
-    if (err != 0)
-        st_account_clear(out);
-    return err;
-}
 
 /* After the failed transaction was rolled back: who holds this thumbprint. */
 static void account_holder(PGconn *c, const char *thumbprint, char existing_id[ST_ID_LEN])
@@ -1054,20 +1040,16 @@ done:
 
 static int pg_account_get(struct st_store *s, const char *id, struct st_account *out)
 {
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    return account_fetch(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = $1",
-                         id, out);
+    return get_by_key(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = $1", id,
+                      account_row, out);
 }
 
 static int pg_account_by_thumbprint(struct st_store *s, const char *thumbprint,
                                     struct st_account *out)
 {
-    if (s == NULL || out == NULL || !st_given(thumbprint, ST_THUMB_LEN))
-        return AGW_ERR_BAD_INPUT;
-    return account_fetch(s, "account_by_thumbprint",
-                         "SELECT " ACCOUNT_COLS " FROM accounts WHERE thumbprint = $1", thumbprint,
-                         out);
+    return get_by_key(s, "account_by_thumbprint",
+                      "SELECT " ACCOUNT_COLS " FROM accounts WHERE thumbprint = $1", thumbprint,
+                      account_row, out);
 }
 
 /* An UPDATE of the row with key id: AGW_ERR_NOT_FOUND unless exactly one row changed. */
@@ -1306,19 +1288,8 @@ done:
 
 static int pg_order_get(struct st_store *s, const char *id, struct st_order *out)
 {
-    char key[ST_ID_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
-    id = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "order_get", "SELECT " ORDER_COLS " FROM orders WHERE id = $1", id,
-                     order_row, out);
-    if (err != 0)
-        st_order_clear(out);
-    return err;
+    return get_by_key(s, "order_get", "SELECT " ORDER_COLS " FROM orders WHERE id = $1", id,
+                      order_row, out);
 }
 
 static int id_row(const PGresult *r, int row, void *out)
@@ -1482,19 +1453,8 @@ static int authz_row(const PGresult *r, int row, void *out)
 
 static int pg_authz_get(struct st_store *s, const char *id, struct st_authz *out)
 {
-    char key[ST_ID_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
-    id = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "authz_get", "SELECT " AUTHZ_COLS " FROM authorizations WHERE id = $1", id,
-                     authz_row, out);
-    if (err != 0)
-        st_authz_clear(out);
-    return err;
+    return get_by_key(s, "authz_get", "SELECT " AUTHZ_COLS " FROM authorizations WHERE id = $1", id,
+                      authz_row, out);
 }
 
 static int pg_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
@@ -1503,12 +1463,6 @@ static int pg_authz_list_by_order(struct st_store *s, const char *order_id, stru
     void *arr = NULL;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || !st_given(order_id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     /* seq order is insertion order: the order's authorizations as the client listed them */
     err = list_by_key(s, "authz_list",
                       "SELECT " AUTHZ_COLS " FROM authorizations WHERE order_id = $1 ORDER BY seq",
@@ -1557,19 +1511,8 @@ static int chal_row(const PGresult *r, int row, void *out)
 
 static int pg_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
 {
-    char key[ST_ID_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
-    id = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "challenge_get", "SELECT " CHAL_COLS " FROM challenges WHERE id = $1", id,
-                     chal_row, out);
-    if (err != 0)
-        st_challenge_clear(out);
-    return err;
+    return get_by_key(s, "challenge_get", "SELECT " CHAL_COLS " FROM challenges WHERE id = $1", id,
+                      chal_row, out);
 }
 
 static int pg_challenge_list_by_authz(struct st_store *s, const char *authz_id,
@@ -1578,12 +1521,6 @@ static int pg_challenge_list_by_authz(struct st_store *s, const char *authz_id,
     void *arr = NULL;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || !st_given(authz_id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     err = list_by_key(s, "challenge_list",
                       "SELECT " CHAL_COLS " FROM challenges WHERE authz_id = $1 ORDER BY seq",
                       authz_id, sizeof(struct st_challenge), chal_row, chal_clear_v, &arr, n);
@@ -1740,20 +1677,9 @@ done:
 
 static int pg_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
 {
-    char key[ST_SERIAL_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(serial, ST_SERIAL_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), serial); /* may point into *out, cleared next */
-    serial = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "cert_get",
-                     "SELECT " CERT_COLS ", der, chain_pem FROM certificates WHERE serial = $1",
-                     serial, cert_row_full, out);
-    if (err != 0)
-        st_cert_clear(out);
-    return err;
+    return get_by_key(s, "cert_get",
+                      "SELECT " CERT_COLS ", der, chain_pem FROM certificates WHERE serial = $1",
+                      serial, cert_row_full, out);
 }
 
 /* Appends a fixed SQL fragment with its parameter number ($%d); never a value. */

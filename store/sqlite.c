@@ -63,7 +63,6 @@
 #define ST_N_READERS       4
 #define ST_BUSY_TIMEOUT_MS 5000
 #define ST_SQL_MAX         1024
-#define ST_KEY_MAX         64 /* the longest lookup key: ID, kid, thumbprint, serial */
 #define ST_BATCH_MAX       32 /* operations sharing one group commit, at most */
 
 struct wb_member { /* one operation waiting for its batch's commit; lives on its caller's stack */
@@ -1201,19 +1200,6 @@ static int account_row(sqlite3_stmt *st, void *out)
     return err;
 }
 
-static int account_fetch(struct st_store *s, const char *op, const char *sql, const char *key_in,
-                         struct st_account *out)
-{
-    char key[ST_KEY_MAX];
-    int err;
-
-    st_copy_str(key, sizeof(key), key_in); /* the key may point into *out, cleared next */
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, op, sql, key, account_row, out);
-    if (err != 0)
-        st_account_clear(out);
-    return err;
-}
 
 /* With the write lock held and no transaction open: who holds this thumbprint. */
 static void account_holder(sqlite3 *db, const char *thumbprint, char existing_id[ST_ID_LEN])
@@ -1319,20 +1305,16 @@ unlock:
 
 static int sq_account_get(struct st_store *s, const char *id, struct st_account *out)
 {
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    return account_fetch(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = ?", id,
-                         out);
+    return get_by_key(s, "account_get", "SELECT " ACCOUNT_COLS " FROM accounts WHERE id = ?", id,
+                      account_row, out);
 }
 
 static int sq_account_by_thumbprint(struct st_store *s, const char *thumbprint,
                                     struct st_account *out)
 {
-    if (s == NULL || out == NULL || !st_given(thumbprint, ST_THUMB_LEN))
-        return AGW_ERR_BAD_INPUT;
-    return account_fetch(s, "account_by_thumbprint",
-                         "SELECT " ACCOUNT_COLS " FROM accounts WHERE thumbprint = ?", thumbprint,
-                         out);
+    return get_by_key(s, "account_by_thumbprint",
+                      "SELECT " ACCOUNT_COLS " FROM accounts WHERE thumbprint = ?", thumbprint,
+                      account_row, out);
 }
 
 static int sq_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
@@ -1613,19 +1595,8 @@ rollback:
 
 static int sq_order_get(struct st_store *s, const char *id, struct st_order *out)
 {
-    char key[ST_ID_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
-    id = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "order_get", "SELECT " ORDER_COLS " FROM orders WHERE id = ?", id,
-                     order_row, out);
-    if (err != 0)
-        st_order_clear(out);
-    return err;
+    return get_by_key(s, "order_get", "SELECT " ORDER_COLS " FROM orders WHERE id = ?", id,
+                      order_row, out);
 }
 
 static int id_row(sqlite3_stmt *st, void *out)
@@ -1801,19 +1772,8 @@ static int authz_row(sqlite3_stmt *st, void *out)
 
 static int sq_authz_get(struct st_store *s, const char *id, struct st_authz *out)
 {
-    char key[ST_ID_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
-    id = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "authz_get", "SELECT " AUTHZ_COLS " FROM authorizations WHERE id = ?", id,
-                     authz_row, out);
-    if (err != 0)
-        st_authz_clear(out);
-    return err;
+    return get_by_key(s, "authz_get", "SELECT " AUTHZ_COLS " FROM authorizations WHERE id = ?", id,
+                      authz_row, out);
 }
 
 /* Lists rows of sql (one text parameter) with a pooled reader. */
@@ -1841,12 +1801,6 @@ static int sq_authz_list_by_order(struct st_store *s, const char *order_id, stru
     void *arr = NULL;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || !st_given(order_id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     /* rowid order is insertion order: the order's authorizations as the client listed them */
     err = list_by_key(s, "authz_list",
                       "SELECT " AUTHZ_COLS " FROM authorizations WHERE order_id = ? ORDER BY rowid",
@@ -1907,19 +1861,8 @@ static int chal_row(sqlite3_stmt *st, void *out)
 
 static int sq_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
 {
-    char key[ST_ID_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), id); /* may point into *out, cleared next */
-    id = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "challenge_get", "SELECT " CHAL_COLS " FROM challenges WHERE id = ?", id,
-                     chal_row, out);
-    if (err != 0)
-        st_challenge_clear(out);
-    return err;
+    return get_by_key(s, "challenge_get", "SELECT " CHAL_COLS " FROM challenges WHERE id = ?", id,
+                      chal_row, out);
 }
 
 static int sq_challenge_list_by_authz(struct st_store *s, const char *authz_id,
@@ -1928,12 +1871,6 @@ static int sq_challenge_list_by_authz(struct st_store *s, const char *authz_id,
     void *arr = NULL;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || !st_given(authz_id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     err = list_by_key(s, "challenge_list",
                       "SELECT " CHAL_COLS " FROM challenges WHERE authz_id = ? ORDER BY rowid",
                       authz_id, sizeof(struct st_challenge), chal_row, chal_clear_v, &arr, n);
@@ -2099,20 +2036,9 @@ rollback:
 
 static int sq_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
 {
-    char key[ST_SERIAL_LEN];
-    int err;
-
-    if (s == NULL || out == NULL || !st_given(serial, ST_SERIAL_LEN))
-        return AGW_ERR_BAD_INPUT;
-    st_copy_str(key, sizeof(key), serial); /* may point into *out, cleared next */
-    serial = key;
-    memset(out, 0, sizeof(*out));
-    err = get_by_key(s, "cert_get",
-                     "SELECT " CERT_COLS ", der, chain_pem FROM certificates WHERE serial = ?",
-                     serial, cert_row_full, out);
-    if (err != 0)
-        st_cert_clear(out);
-    return err;
+    return get_by_key(s, "cert_get",
+                      "SELECT " CERT_COLS ", der, chain_pem FROM certificates WHERE serial = ?",
+                      serial, cert_row_full, out);
 }
 
 /* Appends a fixed SQL fragment; the fragments are constants, never values. */

@@ -6,9 +6,12 @@
  * forwards to it. The table is the whole backend contract: a new backend fills one in and is
  * tested by the same tests/unit/test_store.c functions as SQLite.
  *
- * A NULL handle is forwarded to the SQLite functions, which, like every backend, check their
- * arguments before touching the handle: out-parameters are reset and AGW_ERR_BAD_INPUT comes
- * back exactly as before the dispatch existed.
+ * The reads by key (st_account_get, st_account_by_thumbprint, st_order_get, st_authz_get,
+ * st_challenge_get, st_cert_get, st_authz_list_by_order, st_challenge_list_by_authz) check their
+ * arguments, reset their out-parameters and clear them again on failure here, once for every
+ * backend; their backend functions get a valid handle, a key that is a private copy, and a zeroed
+ * *out. Every other function is forwarded as it is: a NULL handle goes to the SQLite functions,
+ * which, like every backend, check their arguments before touching the handle.
  */
 #include "store/store.h"
 
@@ -56,6 +59,18 @@ static const struct st_ops *ops_of(struct st_store *s)
     return s != NULL ? s->ops : &st_sqlite_ops;
 }
 
+/* The checks of a read by key: a handle, an out-parameter, a key that fits. The key is copied
+ * into copy (size bytes: the key's column width), because it may point into *out, which the
+ * caller zeroes next. */
+static int read_args_ok(const struct st_store *s, const void *out, const char *key, char *copy,
+                        size_t size)
+{
+    if (s == NULL || out == NULL || !st_given(key, size))
+        return 0;
+    st_copy_str(copy, size, key);
+    return 1;
+}
+
 void st_close(struct st_store *s)
 {
     if (s != NULL)
@@ -94,14 +109,30 @@ int st_account_create(struct st_store *s, struct st_account *a, char existing_id
     return ops_of(s)->account_create(s, a, existing_id);
 }
 
+static int account_read(struct st_store *s, const char *key_in, size_t key_size,
+                        struct st_account *out, int by_thumbprint)
+{
+    char key[ST_THUMB_LEN > ST_ID_LEN ? ST_THUMB_LEN : ST_ID_LEN];
+    int err;
+
+    if (!read_args_ok(s, out, key_in, key, key_size))
+        return AGW_ERR_BAD_INPUT;
+    memset(out, 0, sizeof(*out));
+    err = by_thumbprint ? s->ops->account_by_thumbprint(s, key, out)
+                        : s->ops->account_get(s, key, out);
+    if (err != 0)
+        st_account_clear(out);
+    return err;
+}
+
 int st_account_get(struct st_store *s, const char *id, struct st_account *out)
 {
-    return ops_of(s)->account_get(s, id, out);
+    return account_read(s, id, ST_ID_LEN, out, 0);
 }
 
 int st_account_by_thumbprint(struct st_store *s, const char *thumbprint, struct st_account *out)
 {
-    return ops_of(s)->account_by_thumbprint(s, thumbprint, out);
+    return account_read(s, thumbprint, ST_THUMB_LEN, out, 1);
 }
 
 int st_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
@@ -128,7 +159,16 @@ int st_order_create(struct st_store *s, struct st_order *o, struct st_authz *aut
 
 int st_order_get(struct st_store *s, const char *id, struct st_order *out)
 {
-    return ops_of(s)->order_get(s, id, out);
+    char key[ST_ID_LEN];
+    int err;
+
+    if (!read_args_ok(s, out, id, key, sizeof(key)))
+        return AGW_ERR_BAD_INPUT;
+    memset(out, 0, sizeof(*out));
+    err = s->ops->order_get(s, key, out);
+    if (err != 0)
+        st_order_clear(out);
+    return err;
 }
 
 int st_order_ids_by_account(struct st_store *s, const char *account_id, size_t max,
@@ -166,13 +206,28 @@ int st_cert_count_by_account(struct st_store *s, const char *account_id, int64_t
 
 int st_authz_get(struct st_store *s, const char *id, struct st_authz *out)
 {
-    return ops_of(s)->authz_get(s, id, out);
+    char key[ST_ID_LEN];
+    int err;
+
+    if (!read_args_ok(s, out, id, key, sizeof(key)))
+        return AGW_ERR_BAD_INPUT;
+    memset(out, 0, sizeof(*out));
+    err = s->ops->authz_get(s, key, out);
+    if (err != 0)
+        st_authz_clear(out);
+    return err;
 }
 
 int st_authz_list_by_order(struct st_store *s, const char *order_id, struct st_authz **out,
                            size_t *n)
 {
-    return ops_of(s)->authz_list_by_order(s, order_id, out, n);
+    if (out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || !st_given(order_id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    return s->ops->authz_list_by_order(s, order_id, out, n);
 }
 
 int st_authz_transition(struct st_store *s, const char *id, const char *from, const char *to)
@@ -182,13 +237,28 @@ int st_authz_transition(struct st_store *s, const char *id, const char *from, co
 
 int st_challenge_get(struct st_store *s, const char *id, struct st_challenge *out)
 {
-    return ops_of(s)->challenge_get(s, id, out);
+    char key[ST_ID_LEN];
+    int err;
+
+    if (!read_args_ok(s, out, id, key, sizeof(key)))
+        return AGW_ERR_BAD_INPUT;
+    memset(out, 0, sizeof(*out));
+    err = s->ops->challenge_get(s, key, out);
+    if (err != 0)
+        st_challenge_clear(out);
+    return err;
 }
 
 int st_challenge_list_by_authz(struct st_store *s, const char *authz_id, struct st_challenge **out,
                                size_t *n)
 {
-    return ops_of(s)->challenge_list_by_authz(s, authz_id, out, n);
+    if (out == NULL || n == NULL)
+        return AGW_ERR_BAD_INPUT;
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || !st_given(authz_id, ST_ID_LEN))
+        return AGW_ERR_BAD_INPUT;
+    return s->ops->challenge_list_by_authz(s, authz_id, out, n);
 }
 
 int st_challenge_transition(struct st_store *s, const char *id, const char *from, const char *to,
@@ -204,7 +274,16 @@ int st_cert_issue(struct st_store *s, const struct st_cert *c)
 
 int st_cert_get(struct st_store *s, const char *serial, struct st_cert *out)
 {
-    return ops_of(s)->cert_get(s, serial, out);
+    char key[ST_SERIAL_LEN];
+    int err;
+
+    if (!read_args_ok(s, out, serial, key, sizeof(key)))
+        return AGW_ERR_BAD_INPUT;
+    memset(out, 0, sizeof(*out));
+    err = s->ops->cert_get(s, key, out);
+    if (err != 0)
+        st_cert_clear(out);
+    return err;
 }
 
 int st_cert_list(struct st_store *s, const struct st_cert_filter *f, struct st_cert **out,

@@ -1051,6 +1051,82 @@ static void order_limits_hold_under_concurrency_and_replaces_is_unique(void)
     st_close(fx.s);
 }
 
+/* The reads by key (checked once, in store.c, for every backend): bad arguments are refused with
+ * the out-parameters reset, and a key that points into the out-parameter itself still works. */
+static void reads_by_key_check_their_arguments(void)
+{
+    struct fixture fx;
+    struct st_account a, ga;
+    struct st_order o, go;
+    struct st_authz az[2], gz, *zl = (struct st_authz *)1;
+    struct st_new_challenge ch[2];
+    struct st_challenge gc, *cl = (struct st_challenge *)1;
+    struct st_cert gt;
+    char long_id[ST_ID_LEN + 1], long_serial[ST_SERIAL_LEN + 1];
+    size_t n = 7;
+
+    memset(long_id, 'i', ST_ID_LEN);
+    long_id[ST_ID_LEN] = '\0';
+    memset(long_serial, 'a', ST_SERIAL_LEN);
+    long_serial[ST_SERIAL_LEN] = '\0';
+    CHECK_INT(fixture_open(&fx, "reads"), 0);
+    make_account(&a, "thumb-reads", "");
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    CHECK_INT(make_order(fx.s, a.id, &o, az, ch), 0);
+
+    CHECK_INT(st_account_get(NULL, a.id, &ga), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_account_get(fx.s, a.id, NULL), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_account_get(fx.s, "", &ga), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_account_get(fx.s, long_id, &ga), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_account_by_thumbprint(fx.s, NULL, &ga), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_order_get(fx.s, long_id, &go), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_order_get(NULL, o.id, &go), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_authz_get(fx.s, "", &gz), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_challenge_get(fx.s, long_id, &gc), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_cert_get(fx.s, long_serial, &gt), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_cert_get(fx.s, "0a", NULL), AGW_ERR_BAD_INPUT);
+    CHECK_INT(st_authz_list_by_order(fx.s, long_id, &zl, &n), AGW_ERR_BAD_INPUT);
+    CHECK(zl == NULL && n == 0);
+    cl = (struct st_challenge *)1;
+    n = 7;
+    CHECK_INT(st_challenge_list_by_authz(NULL, az[0].id, &cl, &n), AGW_ERR_BAD_INPUT);
+    CHECK(cl == NULL && n == 0);
+    CHECK_INT(st_challenge_list_by_authz(fx.s, az[0].id, NULL, &n), AGW_ERR_BAD_INPUT);
+
+    /* the key may live in the struct the row is read into (its allocations released first,
+     * as a caller reusing the struct would) */
+    CHECK_INT(st_account_get(fx.s, a.id, &ga), 0);
+    free(ga.jwk_json);
+    free(ga.contact_json);
+    CHECK_INT(st_account_get(fx.s, ga.id, &ga), 0);
+    CHECK_STR(ga.id, a.id);
+    free(ga.jwk_json);
+    free(ga.contact_json);
+    CHECK_INT(st_account_by_thumbprint(fx.s, ga.thumbprint, &ga), 0);
+    CHECK_STR(ga.thumbprint, "thumb-reads");
+    st_account_clear(&ga);
+    CHECK_INT(st_order_get(fx.s, o.id, &go), 0);
+    free(go.identifiers_json);
+    free(go.error_json);
+    CHECK_INT(st_order_get(fx.s, go.id, &go), 0);
+    CHECK_STR(go.id, o.id);
+    st_order_clear(&go);
+    CHECK_INT(st_authz_get(fx.s, az[0].id, &gz), 0);
+    free(gz.id_value);
+    CHECK_INT(st_authz_get(fx.s, gz.id, &gz), 0);
+    CHECK_STR(gz.id, az[0].id);
+    st_authz_clear(&gz);
+    CHECK_INT(st_challenge_get(fx.s, ch[0].c.id, &gc), 0);
+    free(gc.error_json);
+    CHECK_INT(st_challenge_get(fx.s, gc.id, &gc), 0);
+    CHECK_STR(gc.id, ch[0].c.id);
+    st_challenge_clear(&gc);
+    /* a missing row: not found, and the out-parameter left empty */
+    CHECK_INT(st_cert_get(fx.s, "0a01", &gt), AGW_ERR_NOT_FOUND);
+    CHECK(gt.der == NULL && gt.serial[0] == '\0');
+    st_close(fx.s);
+}
+
 static void overlong_inputs_are_refused_and_write_nothing(void)
 {
     static const unsigned char der[] = {0x30, 0x00};
@@ -1690,6 +1766,7 @@ int main(void)
     RUN(shared_nonces_and_crl_lease);
     RUN(stale_processing_orders_become_invalid);
     RUN(order_limits_hold_under_concurrency_and_replaces_is_unique);
+    RUN(reads_by_key_check_their_arguments);
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(group_commit_keeps_every_acknowledged_write);
@@ -1707,7 +1784,8 @@ int main(void)
         RUN(shared_nonces_and_crl_lease);
         RUN(stale_processing_orders_become_invalid);
         RUN(order_limits_hold_under_concurrency_and_replaces_is_unique);
-        RUN(overlong_inputs_are_refused_and_write_nothing);
+        RUN(reads_by_key_check_their_arguments);
+    RUN(overlong_inputs_are_refused_and_write_nothing);
         RUN(concurrent_account_creation);
         RUN(group_commit_keeps_every_acknowledged_write);
         RUN(kill9_loses_no_acknowledged_certificate);
