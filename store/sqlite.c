@@ -496,11 +496,17 @@ static void batch_flush(struct sq_store *q);
 
 /* The write connection, exclusively. A batch transaction left open by wb_end() for the threads
  * queued here is committed first, so what follows runs and commits on its own as before. */
+/* Takes write_lock, counted in wr_waiting while waiting for it (wb_end() looks). */
+static void wr_acquire(struct sq_store *q)
+{
+    atomic_fetch_add(&q->wr_waiting, 1);
+    pthread_mutex_lock(&q->write_lock);
+    atomic_fetch_sub(&q->wr_waiting, 1);
+}
+
 static sqlite3 *wr_lock(struct st_store *s)
 {
-    atomic_fetch_add(&sq(s)->wr_waiting, 1);
-    pthread_mutex_lock(&sq(s)->write_lock);
-    atomic_fetch_sub(&sq(s)->wr_waiting, 1);
+    wr_acquire(sq(s));
     batch_flush(sq(s));
     return sq(s)->wdb;
 }
@@ -557,9 +563,7 @@ static sqlite3 *wb_begin(struct st_store *s, const char *op, int *err)
     struct sq_store *q = sq(s);
     sqlite3 *db;
 
-    atomic_fetch_add(&q->wr_waiting, 1);
-    pthread_mutex_lock(&q->write_lock);
-    atomic_fetch_sub(&q->wr_waiting, 1);
+    wr_acquire(q);
     db = q->wdb;
     *err = sqlite3_get_autocommit(db) ? tx_begin(db, op) : 0;
     if (*err == 0)
