@@ -382,7 +382,7 @@ Get a certificate with certbot:
 
   REQUESTS_CA_BUNDLE=$ACMEGW_TLS_CA certbot certonly --non-interactive --agree-tos \\
     --register-unsafely-without-email --server $ACMEGW_DIRECTORY \\
-    --eab-kid $ACMEGW_EAB_KID --eab-hmac-key $ACMEGW_EAB_HMAC \\
+    --eab-kid=$ACMEGW_EAB_KID --eab-hmac-key=$ACMEGW_EAB_HMAC \\
     --standalone -d host1.$SUFFIX \\
     --config-dir $STATE/certbot/config --work-dir $STATE/certbot/work --logs-dir $STATE/certbot/logs
 

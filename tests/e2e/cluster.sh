@@ -108,7 +108,7 @@ cb() {
 }
 e2e_check "certbot: register with EAB + issue" cb certonly --agree-tos \
     --register-unsafely-without-email --server "$ACMEGW_DIRECTORY" --eab-kid "$ACMEGW_EAB_KID" \
-    --eab-hmac-key "$ACMEGW_EAB_HMAC" --standalone -d "$NAME"
+    --eab-hmac-key="$ACMEGW_EAB_HMAC" --standalone -d "$NAME"
 cs1=$(serial_of "$LIVE/cert.pem" 2>/dev/null || echo none)
 e2e_check "certbot: renew" cb renew --force-renewal --no-random-sleep-on-renew
 cs2=$(serial_of "$LIVE/cert.pem" 2>/dev/null || echo none)

@@ -107,7 +107,7 @@ cb() {
         --work-dir "$CB/work" --logs-dir "$CB/logs" --non-interactive >>"$W/certbot.out" 2>&1
 }
 e2e_check "certbot certonly" cb certonly --agree-tos --register-unsafely-without-email \
-    --server "$ACMEGW_DIRECTORY" --eab-kid "$ACMEGW_EAB_KID" --eab-hmac-key "$ACMEGW_EAB_HMAC" \
+    --server "$ACMEGW_DIRECTORY" --eab-kid "$ACMEGW_EAB_KID" --eab-hmac-key="$ACMEGW_EAB_HMAC" \
     --standalone --http-01-port 0 -d "$CBNAME"
 CBCERT="$CB/config/live/$CBNAME/cert.pem"
 S_CB=$(serial_of "$CBCERT")
