@@ -257,7 +257,9 @@ static int crl_generate(struct crl_entry *e)
         if (!granted)
             return crl_load(e);
     }
-    err = st_revoked_list(srv->store, e->issuer->name, now, &rv, &n);
+    err = hsm_signer_ready(e->issuer->signer); /* not ready: no CRL number is used up */
+    if (err == 0)
+        err = st_revoked_list(srv->store, e->issuer->name, now, &rv, &n);
     if (err == 0)
         err = st_crl_next_number(srv->store, e->issuer->name, &number);
     if (err == 0)
@@ -274,6 +276,7 @@ static int crl_generate(struct crl_entry *e)
     if (err != 0) {
         LOG_WARN("crl.failed", "issuer=%s number=%llu error=\"%s\"", e->issuer->name,
                  (unsigned long long)number, agw_err_str(err));
+        (void)crl_load(e); /* meanwhile the newest CRL signed, if newer than ours (a restart) */
         goto out;
     }
     /* for the other instances (and for ourselves after a restart) */

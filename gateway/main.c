@@ -133,6 +133,7 @@ static int open_issuers(struct gw_server *srv)
         hc.timeout_ms = ic->timeout_ms;
         hc.precheck = gw_issue_precheck;
         hc.precheck_arg = srv;
+        hc.start_unavailable = true; /* serve, answer 503 for signing, connect when it answers */
         err = hsm_secret_read(pin_path, ic->pin_env, &pin);
         if (err != 0) {
             LOG_ERROR("hsm.pin", "issuer=%s error=\"cannot read the PIN from %s\"", ic->name,
@@ -150,8 +151,13 @@ static int open_issuers(struct gw_server *srv)
             return err;
         snprintf(srv->issuers[i].name, sizeof(srv->issuers[i].name), "%s", ic->name);
         srv->n_issuers++;
-        LOG_INFO("hsm.ready", "issuer=%s token=%s key=%s alg=%s", ic->name, ic->token,
-                 ic->key_label, hsm_key_alg_name(hsm_signer_alg(srv->issuers[i].signer)));
+        if (hsm_signer_ready(srv->issuers[i].signer) == 0)
+            LOG_INFO("hsm.ready", "issuer=%s token=%s key=%s alg=%s", ic->name, ic->token,
+                     ic->key_label, hsm_key_alg_name(hsm_signer_alg(srv->issuers[i].signer)));
+        else
+            LOG_WARN("hsm.not_ready", "issuer=%s token=%s key=%s: signing answers 503 until the "
+                     "token answers (/ready says 503 meanwhile)", ic->name, ic->token,
+                     ic->key_label);
     }
     return 0;
 }

@@ -122,10 +122,18 @@ struct hsm_config {
     unsigned max_queue;  /* queued jobs beyond this get AGW_ERR_HSM_UNAVAILABLE; 0 means 1024 */
     hsm_precheck_fn precheck; /* may be NULL */
     void *precheck_arg;
+    /* The token cannot be reached now (AGW_ERR_HSM_UNAVAILABLE: module, slot, token, session or
+     * key not answering): start anyway, not ready, and connect in the background as after a
+     * token loss. Needs ca_chain_file (the key's algorithm and public half come from it; the
+     * token's key is compared with it when it answers). A wrong PIN, a missing key or a key
+     * that does not match still fail the call: those are configuration errors. */
+    bool start_unavailable;
 };
 
 /*
- * Opens the token, logs in and finds the CA key, starts the workers.
+ * Opens the token, logs in and finds the CA key, starts the workers. With
+ * cfg->start_unavailable a token that does not answer gives a signer that is not ready yet
+ * (hsm_signer_ready(), hsm_call() answer AGW_ERR_HSM_UNAVAILABLE) and reconnects by itself.
  *   cfg   borrowed: read during the call only (strings are copied)
  *   pin   borrowed: the signer keeps a copy to log in again after a token loss, wiped on free
  *   *out  owned by the caller on success: release with hsm_signer_free(), which accepts NULL

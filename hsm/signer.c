@@ -33,6 +33,7 @@
  * deadline). A thread still inside the token after that is detached and the signer is freed by
  * the last such thread when it returns, or never if it never returns.
  */
+#define _GNU_SOURCE /* pthread_mutex_clocklock (glibc >= 2.30): a lock wait on CLOCK_MONOTONIC */
 #include "hsm/hsm.h"
 
 #include "common/err.h"
@@ -221,6 +222,26 @@ struct conn {
     unsigned refs; /* guarded by the signer's lock once installed in s->conn */
 };
 
+/*
+ * C_Initialize and C_Finalize of one module are never called from two threads at once: the
+ * PKCS#11 spec leaves concurrent calls undefined, and SoftHSM2 2.6 leaks (LeakSanitizer) or
+ * crashes (SIGSEGV in its destructors when libp11 dlclose()s it after the failed load) when the
+ * reconnect threads of two issuers on one module (token files missing at start) call
+ * C_Initialize in the same millisecond. One lock for the process, taken with a bound, because a module's
+ * C_Initialize may hang (a network HSM): a loader that cannot get the lock in time fails like a
+ * failed load and is retried with back-off; its attempt thread ends instead of waiting forever.
+ */
+#define HSM_MODULE_LOCK_MS 10000
+static pthread_mutex_t module_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool module_lock_take(void)
+{
+    struct timespec until;
+
+    deadline_after(&until, HSM_MODULE_LOCK_MS);
+    return pthread_mutex_clocklock(&module_lock, CLOCK_MONOTONIC, &until) == 0;
+}
+
 static void conn_close(struct conn *c)
 {
     if (c == NULL)
@@ -229,8 +250,16 @@ static void conn_close(struct conn *c)
     EVP_PKEY_free(c->key); /* before the slots, which free the PKCS11_KEY it points into */
     if (c->slots != NULL)
         PKCS11_release_all_slots(c->ctx, c->slots, c->n_slots);
-    if (c->loaded) /* PKCS11_CTX_unload() after a failed load crashes (notes §2) */
+    if (c->loaded) { /* PKCS11_CTX_unload() after a failed load crashes (notes §2) */
+        if (!module_lock_take()) { /* another thread is stuck in the module: leave it be */
+            LOG_WARN("hsm.unload_skipped", "module busy for %d ms; the context is leaked",
+                     HSM_MODULE_LOCK_MS);
+            free(c);
+            return;
+        }
         PKCS11_CTX_unload(c->ctx);
+        pthread_mutex_unlock(&module_lock);
+    }
     if (c->ctx != NULL)
         PKCS11_CTX_free(c->ctx);
     ERR_clear_error();
@@ -377,10 +406,17 @@ static int conn_open(const struct conn_params *p, struct conn **out)
     if (c->ctx == NULL)
         goto fail;
     err = AGW_ERR_HSM_UNAVAILABLE;
+    if (!module_lock_take()) {
+        LOG_ERROR("hsm.load_failed", "module=%s: busy for %d ms (another load hangs)", p->module,
+                  HSM_MODULE_LOCK_MS);
+        goto fail;
+    }
     if (PKCS11_CTX_load(c->ctx, p->module) != 0) {
+        pthread_mutex_unlock(&module_lock);
         LOG_ERROR("hsm.load_failed", "module=%s ckr=0x%lx", p->module, ckr_from_queue());
         goto fail;
     }
+    pthread_mutex_unlock(&module_lock);
     c->loaded = true;
     ERR_clear_error(); /* SoftHSM's C_Initialize leaves unrelated DSO errors (notes §2) */
     if (PKCS11_enumerate_slots(c->ctx, &c->slots, &c->n_slots) != 0) {
@@ -1206,9 +1242,10 @@ int hsm_signer_new(const struct hsm_config *cfg, const char *pin, struct hsm_sig
         goto fail;
     }
     err = connect_within(&s->params, s->connect_timeout_ms, &c);
+    if (err == AGW_ERR_HSM_UNAVAILABLE && cfg->start_unavailable && s->ca_cert != NULL)
+        err = 0; /* c stays NULL: the reconnect thread takes over */
     if (err != 0)
         goto fail;
-    s->alg = c->alg;
     err = AGW_ERR_BAD_INPUT;
     if (s->ca_cert != NULL)
         s->pub = X509_get_pubkey(s->ca_cert);
@@ -1216,24 +1253,37 @@ int hsm_signer_new(const struct hsm_config *cfg, const char *pin, struct hsm_sig
         s->pub = c->pub;
     if (s->pub == NULL)
         goto fail;
-    err = conn_check(s, c);
+    if (c != NULL) {
+        s->alg = c->alg;
+        err = conn_check(s, c);
+    } else {
+        err = alg_of(s->pub, &s->alg); /* the token's key is checked against it on connect */
+    }
     if (err == 0)
         err = dummy_make(s);
     if (err != 0)
         goto fail;
-    c->refs = 1;
-    s->conn = c;
-    c = NULL;
-    atomic_store(&s->ready, true);
+    if (c != NULL) {
+        c->refs = 1;
+        s->conn = c;
+        c = NULL;
+        atomic_store(&s->ready, true);
+    }
     err = threads_start(s);
     if (err != 0) {
         if (!threads_stop(s)) /* idle threads stop at once; orphaned would free s itself */
             signer_destroy(s);
         return err;
     }
-    LOG_INFO("hsm.signer_ready", "token=%s label=%s alg=%s workers=%u timeout_ms=%u",
-             s->params.token, s->params.key_label, hsm_key_alg_name(s->alg), s->n_workers,
-             s->timeout_ms);
+    if (atomic_load(&s->ready))
+        LOG_INFO("hsm.signer_ready", "token=%s label=%s alg=%s workers=%u timeout_ms=%u",
+                 s->params.token, s->params.key_label, hsm_key_alg_name(s->alg), s->n_workers,
+                 s->timeout_ms);
+    else
+        LOG_WARN("hsm.start_unavailable",
+                 "token=%s label=%s alg=%s: the token does not answer; started not ready, "
+                 "reconnecting in the background",
+                 s->params.token, s->params.key_label, hsm_key_alg_name(s->alg));
     *out = s;
     return 0;
 fail:

@@ -487,6 +487,17 @@ static void signs_from_8_threads_ec_p384(void)
 
 /* ---------------------------------------------------------------- token loss */
 
+/* The token's files are at away: a few reconnect attempts fail, then they are moved back and the
+ * signer is ready again by itself and signs (serial). */
+static void back_and_signing(struct hsm_signer *s, const struct fx *f, const char *away, int serial)
+{
+    sleep_ms(400); /* let a few reconnect attempts fail */
+    CHECK_INT(hsm_signer_ready(s), AGW_ERR_HSM_UNAVAILABLE);
+    CHECK_INT(rename(away, f->tokens), 0);
+    CHECK_INT(wait_ready(s, 10000), 0);
+    CHECK_INT(sign_leaf_ok(s, "test", serial), 0);
+}
+
 static void token_moved_away_then_back_recovers(void)
 {
     struct hsm_signer *s = NULL;
@@ -509,12 +520,46 @@ static void token_moved_away_then_back_recovers(void)
     /* now known lost: answered at once, without queueing, while the files are away */
     CHECK_INT(hsm_signer_ready(s), AGW_ERR_HSM_UNAVAILABLE);
     CHECK_INT(sign_leaf_ok(s, "test", 4), AGW_ERR_HSM_UNAVAILABLE);
-    sleep_ms(400); /* let a few reconnect attempts fail */
-    CHECK_INT(hsm_signer_ready(s), AGW_ERR_HSM_UNAVAILABLE);
+    back_and_signing(s, &f, away, 5);
+done:
+    hsm_signer_free(s);
+    fx_done(&f);
+}
 
-    CHECK_INT(rename(away, f.tokens), 0);
-    CHECK_INT(wait_ready(s, 10000), 0);
-    CHECK_INT(sign_leaf_ok(s, "test", 5), 0);
+/* start_unavailable: the token is away when the signer starts (the gateway's start while a network
+ * HSM is down): the signer starts not ready, answers at once, and is ready when the token is back.
+ * Without the flag, or without a CA certificate to take the key's algorithm from, it still fails;
+ * a wrong PIN is still refused at start when the token answers. */
+static void start_while_token_away_then_ready(void)
+{
+    struct hsm_signer *s = NULL;
+    struct hsm_config cfg;
+    char away[1200];
+    struct fx f;
+    double t0;
+
+    CHECK_INT(fx_setup(&f, HSM_KEY_EC_P256), 0);
+    snprintf(away, sizeof(away), "%s.away", f.tokens);
+    cfg = f.cfg;
+    cfg.start_unavailable = true;
+    CHECK_INT(hsm_signer_new(&cfg, "wrong-pin", &s), AGW_ERR_PIN_INCORRECT);
+    CHECK_INT(rename(f.tokens, away), 0);
+    CHECK_INT(hsm_signer_new(&f.cfg, USER_PIN, &s), AGW_ERR_HSM_UNAVAILABLE); /* flag unset */
+    cfg.ca_chain_file = NULL;
+    CHECK_INT(hsm_signer_new(&cfg, USER_PIN, &s), AGW_ERR_HSM_UNAVAILABLE); /* no certificate */
+    cfg.ca_chain_file = f.cfg.ca_chain_file;
+    CHECK_INT(hsm_signer_new(&cfg, USER_PIN, &s), 0);
+    if (s == NULL) {
+        (void)rename(away, f.tokens);
+        goto done;
+    }
+    CHECK_INT(hsm_signer_ready(s), AGW_ERR_HSM_UNAVAILABLE);
+    CHECK_INT(hsm_signer_alg(s), HSM_KEY_EC_P256); /* from the CA certificate */
+    CHECK(hsm_ca_cert(s) != NULL);
+    t0 = now_ms();
+    CHECK_INT(sign_leaf_ok(s, "test", 2), AGW_ERR_HSM_UNAVAILABLE);
+    CHECK(now_ms() - t0 < 100); /* not queued: answered at once */
+    back_and_signing(s, &f, away, 3);
 done:
     hsm_signer_free(s);
     fx_done(&f);
@@ -1036,6 +1081,7 @@ int main(void)
     RUN(signs_from_8_threads_rsa_3072);
     RUN(signs_from_8_threads_ec_p384);
     RUN(token_moved_away_then_back_recovers);
+    RUN(start_while_token_away_then_ready);
     RUN(wrong_pin_on_reconnect_is_not_retried);
     RUN(start_refusals);
     RUN(crl_signature_verifies);
