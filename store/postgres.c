@@ -424,12 +424,28 @@ static void notice_ignore(void *arg, const char *message)
     (void)message; /* "relation already exists, skipping" and the like: not for our logs */
 }
 
-/* The session settings every connection gets, after connecting and after each reset. */
+/*
+ * The session settings every connection gets, after connecting and after each reset. A statement
+ * never waits longer than PG_STATEMENT_TIMEOUT (a row locked by a stuck session, an overloaded
+ * server): it fails as AGW_ERR_STORE and the client gets a problem document instead of a request
+ * that never ends; a session of ours left idle in a transaction (a hung gateway) is ended by the
+ * server after PG_IDLE_IN_TX_TIMEOUT, so its locks do not stop the other instances. Each is set
+ * only where the session has none, so a value from the conninfo (options='-c statement_timeout=..'),
+ * the role or the database is kept. Migrations lift the statement limit (migrate()).
+ */
+#define PG_STATEMENT_TIMEOUT  "10s"
+#define PG_IDLE_IN_TX_TIMEOUT "60s"
 static int conn_setup(PGconn *c)
 {
     PQsetNoticeProcessor(c, notice_ignore, NULL);
     return pg_exec(c, "open_settings",
-                   "SET synchronous_commit = on; SET client_min_messages = warning", NULL, NULL);
+                   "SET synchronous_commit = on; SET client_min_messages = warning;"
+                   "SELECT set_config('statement_timeout', '" PG_STATEMENT_TIMEOUT "', false)"
+                   "  WHERE current_setting('statement_timeout') = '0';"
+                   "SELECT set_config('idle_in_transaction_session_timeout', '"
+                   PG_IDLE_IN_TX_TIMEOUT "', false)"
+                   "  WHERE current_setting('idle_in_transaction_session_timeout') = '0'",
+                   NULL, NULL);
 }
 
 static int conn_open(const char *conninfo, PGconn **out)
@@ -438,7 +454,17 @@ static int conn_open(const char *conninfo, PGconn **out)
     int err;
 
     *out = NULL;
-    c = PQconnectdb(conninfo);
+    {
+        /* Defaults for a server that does not answer: give up connecting after 10 s, and find a
+         * dead peer under a statement in ~25 s (TCP keepalive) instead of the kernel's 2 hours.
+         * conninfo is expanded after them (expand_dbname), so its own values win. */
+        static const char *const keys[] = {"connect_timeout", "keepalives_idle",
+                                           "keepalives_interval", "keepalives_count",
+                                           "dbname", NULL};
+        const char *values[] = {"10", "10", "5", "3", conninfo, NULL};
+
+        c = PQconnectdbParams(keys, values, 1);
+    }
     if (c == NULL)
         return AGW_ERR_NOMEM;
     if (PQstatus(c) != CONNECTION_OK) {
@@ -528,9 +554,12 @@ static int migrate(PGconn *c)
         err = tx_begin(c, "migrate");
         if (err != 0)
             return err;
-        /* held to the end of this transaction: another instance waits here, then sees our rows */
-        err =
-            pg_exec(c, "migrate", "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")", NULL, NULL);
+        /* held to the end of this transaction: another instance waits here, then sees our rows;
+         * a migration (an index on a large table) or that wait may take longer than a request */
+        err = pg_exec(c, "migrate",
+                      "SET LOCAL statement_timeout = 0;"
+                      "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")",
+                      NULL, NULL);
         if (err == 0)
             err = pg_exec(c, "migrate",
                           "CREATE TABLE IF NOT EXISTS schema_migrations ("

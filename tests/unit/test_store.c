@@ -1730,6 +1730,57 @@ static void group_commit_keeps_every_acknowledged_write(void)
     st_close(fx.s);
 }
 
+/* A call blocked by another session's lock fails within the statement timeout as a store error
+ * (no request that never ends): 10 s by default, or the conninfo's own value, which is kept. */
+static double blocked_eab_get_s(struct st_store *s, int *err)
+{
+    unsigned char hmac[ST_HMAC_MAX];
+    size_t hmac_len = 0;
+    struct st_eab e;
+    double t0 = now_s();
+
+    *err = st_eab_get(s, "kid-nobody", &e, hmac, &hmac_len);
+    return now_s() - t0;
+}
+
+static void pg_statement_timeout_ends_a_blocked_call(void)
+{
+    struct fixture fx;
+    struct st_store *quick = NULL;
+    struct st_config cfg = {.driver = "postgresql", .path = NULL, .conninfo = NULL};
+    char conninfo[4400];
+    PGconn *locker;
+    PGresult *r;
+    double dt;
+    int err;
+
+    CHECK_INT(fixture_open(&fx, "stmt_timeout"), 0);
+    snprintf(conninfo, sizeof(conninfo), "%s options='-c statement_timeout=300'", fx.db);
+    cfg.conninfo = conninfo;
+    CHECK_INT(st_open_config(&cfg, fx.key, &quick), 0);
+    locker = PQconnectdb(fx.db);
+    r = PQexec(locker, "BEGIN; LOCK TABLE eab_keys IN ACCESS EXCLUSIVE MODE");
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+
+    dt = blocked_eab_get_s(quick, &err);
+    CHECK_INT(err, AGW_ERR_STORE);
+    CHECK(dt >= 0.25 && dt < 3.0); /* the conninfo's 300 ms, not our 10 s */
+    dt = blocked_eab_get_s(fx.s, &err);
+    CHECK_INT(err, AGW_ERR_STORE);
+    CHECK(dt >= 9.0 && dt < 14.0); /* the default */
+
+    r = PQexec(locker, "COMMIT");
+    PQclear(r);
+    PQfinish(locker);
+    (void)blocked_eab_get_s(fx.s, &err); /* the same connections work again */
+    CHECK_INT(err, AGW_ERR_NOT_FOUND);
+    (void)blocked_eab_get_s(quick, &err);
+    CHECK_INT(err, AGW_ERR_NOT_FOUND);
+    st_close(quick);
+    st_close(fx.s);
+}
+
 static void pg_bad_conninfo_is_a_store_error(void)
 {
     struct st_config cfg = {.driver = "postgresql", .path = NULL, .conninfo = NULL};
@@ -1792,6 +1843,7 @@ int main(void)
         RUN(pg_concurrent_migrations_apply_once);
         RUN(pg_two_instances_finalizing_one_order_race);
         RUN(pg_bad_conninfo_is_a_store_error);
+        RUN(pg_statement_timeout_ends_a_blocked_call);
         for (int i = 0; i < n_pg_dbs; i++) {
             char sql[4096];
 
