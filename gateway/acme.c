@@ -1138,15 +1138,7 @@ static void handle_finalize(struct acme_ctx *c, const char *id)
         gw_response_problem(c->resp, AGW_ERR_BAD_CSR, "csr must be base64url DER");
         goto out;
     }
-    {
-        struct pol_set *pol = gw_policy_get(c->srv);
-        const struct pol_class *cls = pol_class_find(pol, o.class_name);
-        err = cls != NULL ? gw_quota_check(c->srv, cls, &c->acct, c->now, c->resp) : 0;
-        pol_set_unref(pol);
-        if (err != 0)
-            goto out;
-    }
-    detail[0] = '\0';
+    detail[0] = '\0'; /* the certificate quota is held inside (st_order_start_processing) */
     err = gw_issue_finalize(c->srv, &o, &c->acct, c->key, csr, csr_len, c->now, detail,
                             sizeof(detail));
     if (err != 0) {

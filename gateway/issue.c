@@ -179,7 +179,18 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
     err = pol_check_csr(cls, csr, ids, n_ids, account_key, detail, detail_size);
     if (err != 0)
         goto out;
-    err = st_order_transition(srv->store, o->id, "ready", "processing", NULL);
+    /* the daily certificate quota is held here, in the store's transaction: concurrent
+     * finalizes of one account, at any instance, cannot pass it together */
+    err = st_order_start_processing(srv->store, o->id,
+                                    (int64_t)pol_class_quotas(cls)->certs_per_account_per_day,
+                                    now - 86400);
+    if (err == AGW_ERR_RATE_LIMITED) {
+        snprintf(detail, detail_size, "quota: at most %u certificates per account per day",
+                 pol_class_quotas(cls)->certs_per_account_per_day);
+        LOG_INFO("acme.rate_limited", "account=%s class=%s order=%s reason=\"%s\"", acct->id,
+                 o->class_name, o->id, detail);
+        goto out;
+    }
     if (err != 0) {
         snprintf(detail, detail_size, "the order is not ready for finalization");
         err = err == AGW_ERR_CONFLICT ? AGW_ERR_ORDER_NOT_READY : err;

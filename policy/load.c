@@ -48,7 +48,8 @@
  *       ca_issuers_urls: [http://pki.test/ca.crt]  # optional
  *   default_profile: default            # optional, default the first profile
  *   quotas:                             # optional, 0 = no limit
- *     certs_per_account_per_day: 100    # certificates issued to one account in 24 h
+ *     certs_per_account_per_day: 100    # certificates issued to one account in 24 h (held at
+ *                                       # finalize, also under concurrency)
  *     pending_orders_per_account: 20    # orders not yet finalized (pending or ready)
  *     orders_per_eab_key_per_hour: 500  # new orders by all accounts bound to one EAB key
  *   eab:                                # optional

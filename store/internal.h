@@ -52,6 +52,8 @@ struct st_ops {
     int (*order_replacing)(struct st_store *s, const char *cert_id, int64_t now, int *found);
     int (*order_transition)(struct st_store *s, const char *id, const char *from, const char *to,
                             const char *error_json);
+    int (*order_start_processing)(struct st_store *s, const char *id, int64_t max_certs,
+                                  int64_t since); /* arguments checked by store.c */
     int (*order_count)(struct st_store *s, const char *account_id, const char *status,
                        int64_t since, int64_t *n);
     int (*order_count_by_eab)(struct st_store *s, const char *kid, int64_t since, int64_t *n);

@@ -1367,6 +1367,47 @@ static int pg_order_transition(struct st_store *s, const char *id, const char *f
                        "SELECT 1 FROM orders WHERE id = $1", id, "tttt", to, error_json, id, from);
 }
 
+/* st_order_start_processing: the same UPDATE as sqlite.c's. Under READ COMMITTED two
+ * instances' UPDATEs of different orders would both count from their own snapshot, so the
+ * account's row is locked first: finalizes of one account take turns, and each counts after the
+ * previous one committed its reservation. */
+static int pg_order_start_processing(struct st_store *s, const char *id, int64_t max_certs,
+                                     int64_t since)
+{
+    static const char op[] = "order_start_processing";
+    PGresult *r = NULL;
+    size_t slot;
+    PGconn *c = conn_get(s, &slot);
+    int err, ready = 0;
+
+    err = tx_begin(c, op);
+    if (err == 0)
+        err = pg_execf(c, op,
+                       "SELECT 1 FROM accounts WHERE id = "
+                       "(SELECT account_id FROM orders WHERE id = $1) FOR NO KEY UPDATE",
+                       NULL, "t", id);
+    if (err == 0)
+        err = pg_execf(c, op,
+                       "UPDATE orders SET status = 'processing', "
+                       "updated = extract(epoch from now())::bigint "
+                       "WHERE id = $3 AND status = 'ready' AND ($1::bigint <= 0 OR "
+                       "(SELECT count(*) FROM certificates c WHERE c.account_id = orders.account_id "
+                       "AND c.issued >= $2::bigint) + (SELECT count(*) FROM orders o WHERE "
+                       "o.account_id = orders.account_id AND o.status = 'processing') < $1::bigint)",
+                       &r, "iit", max_certs, since, id);
+    if (err == 0)
+        err = cond_result(c, r, op, "SELECT 1 FROM orders WHERE id = $1", id);
+    if (err == AGW_ERR_CONFLICT && /* ready, so the quota held it back */
+        row_exists(c, "SELECT 1 FROM orders WHERE id = $1 AND status = 'ready'", id, op,
+                   &ready) == 0 && ready)
+        err = AGW_ERR_RATE_LIMITED;
+    if (err == 0)
+        err = tx_commit(c, op);
+    PQclear(r);
+    conn_put(s, slot); /* rolls back what is still open */
+    return err;
+}
+
 /* One "SELECT count(*) ..." with parameters per fmt (t / i only). */
 static int count_query(struct st_store *s, const char *op, const char *sql, int64_t *n,
                        const char *fmt, const char *t1, int64_t i2, const char *t3)
@@ -2107,6 +2148,7 @@ const struct st_ops st_postgres_ops = {
     .order_ids_by_account = pg_order_ids_by_account,
     .order_replacing = pg_order_replacing,
     .order_transition = pg_order_transition,
+    .order_start_processing = pg_order_start_processing,
     .order_count = pg_order_count,
     .order_count_by_eab = pg_order_count_by_eab,
     .cert_count_by_account = pg_cert_count_by_account,

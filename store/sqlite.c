@@ -2337,6 +2337,40 @@ static int sq_write(struct st_store *s, const char *op, const char *sql, long *c
     return err;
 }
 
+/* st_order_start_processing: one conditional UPDATE, ?1 max_certs (0: none), ?2 since, ?3 the
+ * order; under the write lock (and inside a group commit, where the batch's own reservations are
+ * visible to the count) nothing can change between the count and the change. */
+static int sq_order_start_processing(struct st_store *s, const char *id, int64_t max_certs,
+                                     int64_t since)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db;
+    int err, ready = 0;
+
+    db = wb_begin(s, "order_start_processing", &err);
+    if (db == NULL)
+        return err;
+    err = prep(db,
+               "UPDATE orders SET status = 'processing', "
+               "updated = CAST(strftime('%s', 'now') AS INTEGER) "
+               "WHERE id = ?3 AND status = 'ready' AND (?1 <= 0 OR "
+               "(SELECT COUNT(*) FROM certificates c WHERE c.account_id = orders.account_id "
+               "AND c.issued >= ?2) + (SELECT COUNT(*) FROM orders o WHERE "
+               "o.account_id = orders.account_id AND o.status = 'processing') < ?1)",
+               &st, "order_start_processing");
+    if (err == 0)
+        err = bindv(db, st, "order_start_processing", "iit", max_certs, since, id);
+    if (err == 0)
+        err = cond_update(db, st, "order_start_processing", "SELECT 1 FROM orders WHERE id = ?",
+                          id);
+    stmt_done(st);
+    if (err == AGW_ERR_CONFLICT && /* ready, so the quota held it back */
+        row_exists(db, "SELECT 1 FROM orders WHERE id = ? AND status = 'ready'", id,
+                   "order_start_processing", &ready) == 0 && ready)
+        err = AGW_ERR_RATE_LIMITED;
+    return wb_end(s, err);
+}
+
 static int sq_order_fail_stale(struct st_store *s, int64_t age_s, const char *error_json,
                                int64_t *n)
 {
@@ -2500,6 +2534,7 @@ const struct st_ops st_sqlite_ops = {
     .order_ids_by_account = sq_order_ids_by_account,
     .order_replacing = sq_order_replacing,
     .order_transition = sq_order_transition,
+    .order_start_processing = sq_order_start_processing,
     .order_count = sq_order_count,
     .order_count_by_eab = sq_order_count_by_eab,
     .cert_count_by_account = sq_cert_count_by_account,

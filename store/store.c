@@ -188,6 +188,14 @@ int st_order_transition(struct st_store *s, const char *id, const char *from, co
     return ops_of(s)->order_transition(s, id, from, to, error_json);
 }
 
+int st_order_start_processing(struct st_store *s, const char *id, int64_t max_certs,
+                              int64_t since)
+{
+    if (s == NULL || !st_given(id, ST_ID_LEN) || max_certs < 0)
+        return AGW_ERR_BAD_INPUT;
+    return ops_of(s)->order_start_processing(s, id, max_certs, since);
+}
+
 int st_order_count(struct st_store *s, const char *account_id, const char *status, int64_t since,
                    int64_t *n)
 {

@@ -192,6 +192,16 @@ int st_order_replacing(struct st_store *s, const char *cert_id, int64_t now, int
 /* Conditional transition: AGW_ERR_CONFLICT unless the order is in `from`. error_json may be NULL. */
 int st_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
                         const char *error_json);
+/*
+ * Finalize's ready -> processing, holding the account's certificate quota: with max_certs > 0
+ * the order's account may have at most max_certs certificates issued at or after `since` plus
+ * orders in processing (being issued now, at any instance). At the limit nothing changes and the
+ * answer is AGW_ERR_RATE_LIMITED. Count and change are one transaction, serialized per account
+ * in every backend, so concurrent finalizes cannot pass the limit together. AGW_ERR_CONFLICT if
+ * the order is not ready, AGW_ERR_NOT_FOUND if there is no such order. max_certs 0: no limit.
+ */
+int st_order_start_processing(struct st_store *s, const char *id, int64_t max_certs,
+                              int64_t since);
 /* Orders left in "processing" for more than age_s seconds (by the store's clock, shared by all
  * instances) by a gateway that died during finalize: moved to "invalid" with error_json, so the
  * client stops polling and orders again (RFC 8555 has no processing -> ready). *n: how many. */

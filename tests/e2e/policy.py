@@ -251,13 +251,41 @@ snap = at.snapshot()
 r = at.Client().new_account(eab_kid=e["kid"], eab_hmac=e["hmac"])
 C.problem(r, 403, "unauthorized", "second account on a single-use EAB key")
 C.check(at.snapshot_diff(snap, at.snapshot()) == [], "store unchanged by the refused binding")
-C.status(pr.new_order(["p2.printers.test"]), 201, "pending order 1")
-C.status(pr.new_order(["p3.printers.test"]), 201, "pending order 2")
+r_p2 = pr.new_order(["p2.printers.test"])
+C.status(r_p2, 201, "pending order 1")
+r_p3 = pr.new_order(["p3.printers.test"])
+C.status(r_p3, 201, "pending order 2")
 snap = at.snapshot()
 r = pr.new_order(["p4.printers.test"])
 C.problem(r, 429, "rateLimited", "third pending order")
 C.check(r.header("Retry-After") is not None, "rateLimited has Retry-After")
 C.check(at.snapshot_diff(snap, at.snapshot()) == [], "store unchanged by the refused order")
+
+C.begin("certificates per account per day (3): held at finalize")
+# p1 is issued; p2 and p3 are ready (pre-authorized). Finalize p2, order p4 (the pending limit is
+# 2), finalize p3: three certificates today, so p4 is refused at finalize, where the store counts
+# and reserves in one transaction (a store unit test races it).
+
+
+def finalize_status(resp, name):
+    r = pr.finalize(resp.json(), at.make_csr([name])[0])
+    return r, (r.json().get("status") if r.status == 200 else None)
+
+
+C.eq(finalize_status(r_p2, "p2.printers.test")[1], "valid", "certificate 2 of the day")
+r_p4 = pr.new_order(["p4.printers.test"])
+C.status(r_p4, 201, "order p4, before the quota is used up")
+C.eq(finalize_status(r_p3, "p3.printers.test")[1], "valid", "certificate 3 of the day")
+snap = at.snapshot()
+r, _ = finalize_status(r_p4, "p4.printers.test")
+C.problem(r, 429, "rateLimited", "finalize of a fourth certificate in a day")
+C.check(r.header("Retry-After") is not None, "rateLimited has Retry-After")
+C.check("per day" in (r.json().get("detail") or ""), "the detail names the quota", r.json())
+C.eq(pr.get(r_p4.header("Location")).json().get("status"), "ready",
+     "the refused order stays ready")
+C.check(at.snapshot_diff(snap, at.snapshot()) == [], "store unchanged by the refused finalize")
+r = pr.new_order(["p5.printers.test"])
+C.problem(r, 429, "rateLimited", "and newOrder says so early")
 
 
 class FromOtherAddress(at.Client):

@@ -1514,6 +1514,94 @@ static void make_ready_orders(struct st_store *s, const char *account_id, int n,
     }
 }
 
+#define Q_THREADS 8
+#define Q_MAX     3
+
+struct quota_racer {
+    struct st_store *s; /* every other one has its own store: a second instance */
+    pthread_barrier_t *barrier;
+    const char *order_id;
+    int err;
+};
+
+static void *quota_racer_run(void *arg)
+{
+    struct quota_racer *r = arg;
+
+    pthread_barrier_wait(r->barrier);
+    r->err = st_order_start_processing(r->s, r->order_id, Q_MAX, NOW - 86400);
+    return NULL;
+}
+
+/* The daily certificate quota holds when finalizes race (threads, two stores on one database):
+ * issued certificates and orders in processing both count; at the limit nothing changes. */
+static void certificate_quota_holds_under_concurrent_finalizes(void)
+{
+    static const unsigned char der[] = {0x30, 0x03, 0x02, 0x01, 0x02};
+    static char ids[Q_THREADS + 2][ST_ID_LEN];
+    struct quota_racer r[Q_THREADS];
+    pthread_t th[Q_THREADS];
+    pthread_barrier_t barrier;
+    struct st_store *second = NULL;
+    struct fixture fx;
+    struct st_account a;
+    struct st_order o;
+    struct st_cert c;
+    int won = 0, limited = 0, first = -1;
+
+    CHECK_INT(fixture_open(&fx, "quota"), 0);
+    CHECK_INT(store_open(fx.db, fx.key, &second), 0);
+    make_account(&a, "thumb-Q", "");
+    CHECK_INT(st_account_create(fx.s, &a, NULL), 0);
+    make_ready_orders(fx.s, a.id, Q_THREADS + 2, ids);
+    CHECK_INT(st_order_start_processing(fx.s, "no-such-order-xxxxxxxxx", Q_MAX, 0),
+              AGW_ERR_NOT_FOUND);
+    CHECK_INT(st_order_start_processing(fx.s, ids[0], -1, 0), AGW_ERR_BAD_INPUT);
+    CHECK_INT(pthread_barrier_init(&barrier, NULL, Q_THREADS), 0);
+    for (int i = 0; i < Q_THREADS; i++) {
+        r[i].s = i % 2 == 0 ? fx.s : second;
+        r[i].barrier = &barrier;
+        r[i].order_id = ids[i];
+        r[i].err = 1;
+        CHECK_INT(pthread_create(&th[i], NULL, quota_racer_run, &r[i]), 0);
+    }
+    for (int i = 0; i < Q_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        if (r[i].err == 0) {
+            won++;
+            if (first < 0)
+                first = i;
+        } else if (r[i].err == AGW_ERR_RATE_LIMITED) {
+            limited++;
+        } else {
+            CHECK_INT(r[i].err, 0); /* neither: report it */
+        }
+    }
+    pthread_barrier_destroy(&barrier);
+    CHECK_INT(won, Q_MAX);
+    CHECK_INT(limited, Q_THREADS - Q_MAX);
+    CHECK_INT((int)query_int(fx.db, "SELECT COUNT(*) FROM orders WHERE status = 'processing'"),
+              Q_MAX);
+    CHECK_INT(st_order_get(fx.s, ids[Q_THREADS], &o), 0); /* a refused one is still ready */
+    CHECK_STR(o.status, "ready");
+    st_order_clear(&o);
+    CHECK_INT(st_order_start_processing(fx.s, ids[first], Q_MAX, NOW - 86400), AGW_ERR_CONFLICT);
+
+    /* one of them is issued: a certificate of the day counts as its reservation did */
+    if (first >= 0) {
+        make_cert(&c, "51a0", ids[first], a.id, "sensor", "a.example", NOW + 86400, der,
+                  sizeof(der));
+        CHECK_INT(st_cert_issue(fx.s, &c), 0);
+    }
+    CHECK_INT(st_order_start_processing(second, ids[Q_THREADS], Q_MAX, NOW - 86400),
+              AGW_ERR_RATE_LIMITED);
+    /* a window that starts after that certificate: only the two in processing count */
+    CHECK_INT(st_order_start_processing(second, ids[Q_THREADS], Q_MAX, NOW + 1), 0);
+    CHECK_INT(st_order_start_processing(fx.s, ids[Q_THREADS + 1], 0, 0), 0); /* 0: no limit */
+    st_close(second);
+    st_close(fx.s);
+}
+
 #define N_RACES 30
 
 struct racer {
@@ -1821,6 +1909,7 @@ int main(void)
     RUN(overlong_inputs_are_refused_and_write_nothing);
     RUN(concurrent_account_creation);
     RUN(group_commit_keeps_every_acknowledged_write);
+    RUN(certificate_quota_holds_under_concurrent_finalizes);
     RUN(kill9_loses_no_acknowledged_certificate);
 
     pg_base = getenv("ACMEGW_TEST_PG_CONNINFO");
@@ -1839,6 +1928,7 @@ int main(void)
     RUN(overlong_inputs_are_refused_and_write_nothing);
         RUN(concurrent_account_creation);
         RUN(group_commit_keeps_every_acknowledged_write);
+        RUN(certificate_quota_holds_under_concurrent_finalizes);
         RUN(kill9_loses_no_acknowledged_certificate);
         RUN(pg_concurrent_migrations_apply_once);
         RUN(pg_two_instances_finalizing_one_order_race);
