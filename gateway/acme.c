@@ -749,24 +749,33 @@ void gw_time_rfc3339(int64_t t, char *buf, size_t size)
     strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static json_t *order_json(struct acme_ctx *c, const struct st_order *o)
+static void authz_list_free(struct st_authz *az, size_t n)
 {
-    struct st_authz *az = NULL;
-    size_t n = 0;
+    for (size_t i = 0; az != NULL && i < n; i++)
+        st_authz_clear(&az[i]);
+    free(az);
+}
+
+/* The order as RFC 8555 §7.1.3 shows it. az/n: its authorizations if the caller has them (read
+ * for order_refresh, or just created), else NULL: they are read here. */
+static json_t *order_json(struct acme_ctx *c, const struct st_order *o, const struct st_authz *az,
+                          size_t n)
+{
+    struct st_authz *own = NULL;
     char ts[32];
     json_t *obj, *authzs = json_array();
     char *fin = fmt_alloc("%s/order/%s/finalize", c->srv->cfg->base_url, o->id);
 
-    if (st_authz_list_by_order(c->srv->store, o->id, &az, &n) == 0) {
-        for (size_t i = 0; i < n; i++) {
-            char *u = url_for(c->srv, "authz", az[i].id);
-            if (u != NULL)
-                json_array_append_new(authzs, json_string(u));
-            free(u);
-            st_authz_clear(&az[i]);
-        }
-        free(az);
+    if (az == NULL && st_authz_list_by_order(c->srv->store, o->id, &own, &n) == 0)
+        az = own;
+    for (size_t i = 0; az != NULL && i < n; i++) {
+        char *u = url_for(c->srv, "authz", az[i].id);
+        if (u != NULL)
+            json_array_append_new(authzs, json_string(u));
+        free(u);
     }
+    if (own != NULL)
+        authz_list_free(own, n);
     gw_time_rfc3339(o->expires, ts, sizeof(ts));
     obj = json_pack("{s:s, s:s, s:o, s:o, s:s}", "status", o->status, "expires", ts,
                     "identifiers", json_loads(o->identifiers_json, 0, NULL), "authorizations",
@@ -796,14 +805,18 @@ static json_t *order_json(struct acme_ctx *c, const struct st_order *o)
 
 /* Brings a stored order up to date (§7.1.6). pending -> ready is stored (finalize depends on it);
  * invalid because expired or because an authorization went invalid/deactivated is derived at
- * read time and not written, so a read never changes the store. */
-static void order_refresh(struct acme_ctx *c, struct st_order *o)
+ * read time and not written, so a read never changes the store. The authorizations it read are
+ * left in *az_out / *n_out for order_json (NULL if none were read); free with authz_list_free. */
+static void order_refresh(struct acme_ctx *c, struct st_order *o, struct st_authz **az_out,
+                          size_t *n_out)
 {
     struct gw_server *srv = c->srv;
     struct st_authz *az = NULL;
     size_t n = 0;
     int all_valid = 1, any_invalid = 0;
 
+    *az_out = NULL;
+    *n_out = 0;
     if (strcmp(o->status, "pending") != 0 && strcmp(o->status, "ready") != 0)
         return;
     if (o->expires != 0 && o->expires < c->now) {
@@ -819,9 +832,9 @@ static void order_refresh(struct acme_ctx *c, struct st_order *o)
             strcmp(az[i].status, "revoked") == 0 || strcmp(az[i].status, "expired") == 0 ||
             (az[i].expires != 0 && az[i].expires < c->now))
             any_invalid = 1;
-        st_authz_clear(&az[i]);
     }
-    free(az);
+    *az_out = az;
+    *n_out = n;
     if (any_invalid) {
         snprintf(o->status, sizeof(o->status), "invalid");
     } else if (all_valid && n > 0 && strcmp(o->status, "pending") == 0) {
@@ -830,10 +843,11 @@ static void order_refresh(struct acme_ctx *c, struct st_order *o)
     }
 }
 
-static void order_reply(struct acme_ctx *c, int status, struct st_order *o)
+static void order_reply(struct acme_ctx *c, int status, struct st_order *o,
+                        const struct st_authz *az, size_t n)
 {
     c->resp->location = url_for(c->srv, "order", o->id);
-    set_json(c->resp, status, order_json(c, o));
+    set_json(c->resp, status, order_json(c, o, az, n));
     if (strcmp(o->status, "processing") == 0)
         c->resp->retry_after = 1;
 }
@@ -1078,7 +1092,7 @@ static void handle_new_order(struct acme_ctx *c)
         LOG_INFO("acme.preauthorized", "account=%s class=%s order=%s client=%s identifiers=%s",
                  c->acct.id, o.class_name, o.id, c->req->client_ip, o.identifiers_json);
     LOG_INFO("acme.order_created", "order=%s account=%s status=%s", o.id, c->acct.id, o.status);
-    order_reply(c, 201, &o);
+    order_reply(c, 201, &o, az, n);
 out:
     for (i = 0; az != NULL && i < n; i++)
         az[i].id_value = NULL; /* borrowed from values */
@@ -1097,32 +1111,36 @@ out:
 static void handle_order(struct acme_ctx *c, const char *id)
 {
     struct st_order o;
+    struct st_authz *az;
+    size_t n;
 
     memset(&o, 0, sizeof(o));
     if (load_own_order(c, id, &o) != 0)
         return;
-    order_refresh(c, &o);
-    order_reply(c, 200, &o);
+    order_refresh(c, &o, &az, &n);
+    order_reply(c, 200, &o, az, n);
+    authz_list_free(az, n);
     st_order_clear(&o);
 }
 
 static void handle_finalize(struct acme_ctx *c, const char *id)
 {
     struct st_order o;
+    struct st_authz *az = NULL;
     const char *csr_b64;
     unsigned char *csr = NULL;
-    size_t csr_len = 0;
+    size_t csr_len = 0, n = 0;
     char detail[256];
     int err;
 
     memset(&o, 0, sizeof(o));
     if (load_own_order(c, id, &o) != 0)
         return;
-    order_refresh(c, &o);
+    order_refresh(c, &o, &az, &n); /* finalize does not change them: they serve the reply too */
     if (strcmp(o.status, "ready") != 0) {
         if (strcmp(o.status, "processing") == 0 || strcmp(o.status, "valid") == 0) {
             /* a retried finalize: report where the order is */
-            order_reply(c, 200, &o);
+            order_reply(c, 200, &o, az, n);
         } else {
             gw_response_problem(c->resp, AGW_ERR_ORDER_NOT_READY,
                                 "the order is not ready for finalization");
@@ -1145,8 +1163,9 @@ static void handle_finalize(struct acme_ctx *c, const char *id)
         gw_response_problem(c->resp, err, detail[0] != '\0' ? detail : NULL);
         goto out;
     }
-    order_reply(c, 200, &o);
+    order_reply(c, 200, &o, az, n);
 out:
+    authz_list_free(az, n);
     free(csr);
     st_order_clear(&o);
 }
