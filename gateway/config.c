@@ -66,6 +66,7 @@ static const cyaml_schema_field_t store_fields[] = {
     OSTR("driver", struct gw_store_cfg, driver),
     OSTR("path", struct gw_store_cfg, path),
     OSTR("conninfo_file", struct gw_store_cfg, conninfo_file),
+    OUINT("pool_size", struct gw_store_cfg, pool_size),
     CYAML_FIELD_END,
 };
 
@@ -229,8 +230,13 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
                     d);
             return AGW_ERR_BAD_CONFIG;
         }
-        if (!pg && c->store->conninfo_file != NULL) {
-            set_err(err, size, path, "store.conninfo_file is for driver postgresql");
+        if (!pg && (c->store->conninfo_file != NULL || c->store->pool_size != 0)) {
+            set_err(err, size, path, "store.%s is for driver postgresql",
+                    c->store->conninfo_file != NULL ? "conninfo_file" : "pool_size");
+            return AGW_ERR_BAD_CONFIG;
+        }
+        if (c->store->pool_size > 64) {
+            set_err(err, size, path, "store.pool_size must be 1..64");
             return AGW_ERR_BAD_CONFIG;
         }
     }
@@ -312,6 +318,7 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
 static const char *const numeric_keys[] = {
     "port", "threads", "workers", "timeout_ms", "validity_days", "max_body", "max_identifiers",
     "order_lifetime_s", "http01_port", "http01_timeout_ms", "instance_id", "processing_timeout_s", "crl_next_update_s",
+    "pool_size",
 };
 
 static int numbers_strict(const char *path, char *err, size_t err_size)
@@ -494,6 +501,7 @@ int gw_config_store(const struct gw_config *c, struct st_config *out, char **own
         return *owned != NULL ? 0 : AGW_ERR_NOMEM;
     }
     out->driver = "postgresql";
+    out->pool_size = c->store->pool_size;
     if (c->store->conninfo_file != NULL) {
         file = gw_config_path(c, c->store->conninfo_file);
         if (file == NULL)

@@ -6,7 +6,8 @@
  * because several gateway instances may share one PostgreSQL database, so nothing here relies
  * on an in-process lock for correctness:
  *
- * Connections. A small pool of PG_N_CONNS connections behind pool_lock; a call takes a free one
+ * Connections. A pool of n_conns connections (st_config.pool_size) behind pool_lock; a call takes
+ * a free one
  * for its whole duration (libpq connections must not be used by two threads at once) and gives it
  * back. A connection found broken when taken is reset (PQreset) before use, so a restarted server
  * costs the calls in flight, not the process. The conninfo string may hold the password: it is
@@ -52,7 +53,8 @@
 #include "common/log.h"
 #include "store/internal.h"
 
-#define PG_N_CONNS      4
+#define PG_DEFAULT_CONNS 8  /* the gateway's default 6 request workers, the CRL thread, one spare */
+#define PG_MAX_CONNS     64
 #define PG_MAX_PARAMS   16
 #define PG_SQL_MAX      1024
 #define PG_MIGRATE_LOCK "7162863054325281585" /* any constant: "acmegw" migrations, by agreement   \
@@ -62,8 +64,9 @@ struct pg_store {
     struct st_store base;      /* first member: the ops table (store/internal.h) */
     pthread_mutex_t pool_lock; /* guards busy; never held across I/O */
     pthread_cond_t pool_cond;  /* signalled when a connection is returned */
-    PGconn *conns[PG_N_CONNS];
-    int busy[PG_N_CONNS];
+    PGconn *conns[PG_MAX_CONNS];
+    int busy[PG_MAX_CONNS];
+    size_t n_conns;
     int locks_ready; /* pool_lock and pool_cond initialised */
     char *conninfo;  /* owned, secret: for PQreset only; wiped in pg_close() */
     size_t conninfo_len;
@@ -490,7 +493,7 @@ static PGconn *conn_get(struct st_store *st, size_t *slot)
 
     pthread_mutex_lock(&s->pool_lock);
     for (;;) {
-        for (size_t i = 0; c == NULL && i < PG_N_CONNS; i++) {
+        for (size_t i = 0; c == NULL && i < s->n_conns; i++) {
             if (!s->busy[i]) {
                 s->busy[i] = 1;
                 *slot = i;
@@ -605,7 +608,8 @@ static int pg_open(const struct st_config *cfg, const unsigned char seal_key[32]
     if (out == NULL)
         return AGW_ERR_BAD_INPUT;
     *out = NULL;
-    if (conninfo == NULL || conninfo[0] == '\0' || seal_key == NULL)
+    if (conninfo == NULL || conninfo[0] == '\0' || seal_key == NULL ||
+        cfg->pool_size > PG_MAX_CONNS)
         return AGW_ERR_BAD_INPUT;
     if (PQisthreadsafe() == 0) { /* one connection per thread at a time needs it */
         LOG_ERROR("store.open", "error=libpq_built_without_threads");
@@ -615,6 +619,7 @@ static int pg_open(const struct st_config *cfg, const unsigned char seal_key[32]
     if (s == NULL)
         return AGW_ERR_NOMEM;
     s->base.ops = &st_postgres_ops;
+    s->n_conns = cfg->pool_size != 0 ? cfg->pool_size : PG_DEFAULT_CONNS;
     s->conninfo_len = strlen(conninfo);
     s->conninfo = malloc(s->conninfo_len + 1);
     if (s->conninfo == NULL) {
@@ -631,7 +636,7 @@ static int pg_open(const struct st_config *cfg, const unsigned char seal_key[32]
     }
     s->locks_ready = 1;
     memcpy(s->seal_key, seal_key, ST_SEAL_KEY_LEN);
-    for (size_t i = 0; i < PG_N_CONNS; i++) {
+    for (size_t i = 0; i < s->n_conns; i++) {
         err = conn_open(s->conninfo, &s->conns[i]);
         if (err != 0)
             goto fail;
@@ -652,7 +657,7 @@ static void pg_close(struct st_store *st)
 
     if (s == NULL)
         return;
-    for (size_t i = 0; i < PG_N_CONNS; i++)
+    for (size_t i = 0; i < s->n_conns; i++)
         if (s->conns[i] != NULL)
             PQfinish(s->conns[i]);
     if (s->locks_ready) {

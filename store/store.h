@@ -50,6 +50,7 @@ struct st_config {
     const char *path;     /* sqlite: the database file */
     const char *conninfo; /* postgresql: a libpq connection string; may hold the password, so it
                            * is never logged and never passed on a command line */
+    unsigned pool_size;   /* postgresql: connections, 1..64 (one per concurrent caller); 0: 8 */
 };
 
 /*

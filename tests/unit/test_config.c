@@ -5,6 +5,7 @@
 #include "gateway/config.h"
 
 #include "common/err.h"
+#include "store/store.h"
 #include "tests/check.h"
 #include "tests/testlib.h"
 
@@ -95,12 +96,46 @@ static void config_bad_files_are_refused(void)
     config_refuses("not: [valid\n", NULL);
 }
 
+/* store: the PostgreSQL pool size reaches the store's config; it is refused out of range and
+ * for SQLite. */
+static void config_store_pool_size(void)
+{
+    char buf[4096], conninfo_path[700];
+    struct gw_config *c = NULL;
+    struct st_config sc;
+    char err[600] = "", *owned = NULL;
+    FILE *f;
+
+    snprintf(conninfo_path, sizeof(conninfo_path), "%s/conninfo", dir);
+    f = fopen(conninfo_path, "w");
+    fputs("host=/nonexistent dbname=acmegw\n", f);
+    fclose(f);
+    replace_into(buf, sizeof(buf), "store_path: acmegw.db\n",
+                 "store:\n  driver: postgresql\n  conninfo_file: conninfo\n  pool_size: 16\n");
+    CHECK_INT(load_text(buf, &c, err, sizeof(err)), 0);
+    if (c != NULL) {
+        CHECK_INT(gw_config_store(c, &sc, &owned), 0);
+        CHECK_STR(sc.driver, "postgresql");
+        CHECK_INT(sc.pool_size, 16);
+        CHECK(sc.conninfo != NULL && strstr(sc.conninfo, "dbname=acmegw") != NULL);
+        gw_config_store_free(owned);
+        gw_config_free(c);
+    }
+    replace_into(buf, sizeof(buf), "store_path: acmegw.db\n",
+                 "store:\n  driver: postgresql\n  conninfo_file: conninfo\n  pool_size: 65\n");
+    config_refuses(buf, "pool_size");
+    replace_into(buf, sizeof(buf), "store_path: acmegw.db\n",
+                 "store:\n  driver: sqlite\n  path: a.db\n  pool_size: 4\n");
+    config_refuses(buf, "pool_size");
+}
+
 int main(void)
 {
     if (tl_tmpdir(dir, sizeof(dir)) != 0)
         return 1;
     RUN(config_good_file_loads_with_defaults);
     RUN(config_bad_files_are_refused);
+    RUN(config_store_pool_size);
     tl_rmtree(dir);
     return CHECK_DONE();
 }

@@ -88,9 +88,12 @@ static int pg_create_db(const char *name, char *out, size_t out_size)
 }
 
 /* st_open() for the backend under test: db is a file path or a conninfo. */
+static unsigned pg_pool_size; /* PostgreSQL connections per store; 0: the default */
+
 static int store_open(const char *db, const unsigned char key[32], struct st_store **out)
 {
-    struct st_config cfg = {.driver = "postgresql", .path = NULL, .conninfo = db};
+    struct st_config cfg = {
+        .driver = "postgresql", .path = NULL, .conninfo = db, .pool_size = pg_pool_size};
 
     if (!use_pg)
         return st_open(db, key, out);
@@ -1882,6 +1885,11 @@ static void pg_bad_conninfo_is_a_store_error(void)
     cfg.conninfo = bad;
     CHECK_INT(st_open_config(&cfg, key, &s), AGW_ERR_STORE);
     CHECK(s == NULL);
+    cfg.conninfo = pg_base;
+    cfg.pool_size = 65;
+    CHECK_INT(st_open_config(&cfg, key, &s), AGW_ERR_BAD_INPUT);
+    CHECK(s == NULL);
+    cfg.pool_size = 0;
     cfg.driver = "oracle";
     CHECK_INT(st_open_config(&cfg, key, &s), AGW_ERR_BAD_INPUT);
 }
@@ -1934,6 +1942,10 @@ int main(void)
         RUN(pg_two_instances_finalizing_one_order_race);
         RUN(pg_bad_conninfo_is_a_store_error);
         RUN(pg_statement_timeout_ends_a_blocked_call);
+        pg_pool_size = 1; /* callers queue for the one connection, and all are served */
+        RUN(concurrent_account_creation);
+        RUN(certificate_quota_holds_under_concurrent_finalizes);
+        pg_pool_size = 0;
         for (int i = 0; i < n_pg_dbs; i++) {
             char sql[4096];
 
