@@ -220,6 +220,12 @@ struct conn {
     EVP_PKEY *pub; /* software copy of the public half: verify and compare with it */
     enum hsm_key_alg alg;
     unsigned refs; /* guarded by the signer's lock once installed in s->conn */
+    /* Retired while a worker still held it (a call hung in the token), guarded by the signer's
+     * lock: a newer connection may be open by the time that worker lets go, and this one's
+     * C_Finalize (or C_CloseAllSessions) would end the newer one's sessions in the shared module
+     * (seen: SIGSEGV). So it is not closed then but kept on s->stale until the signer is freed. */
+    bool stale;
+    struct conn *next_stale;
 };
 
 /*
@@ -633,6 +639,7 @@ struct hsm_signer {
     struct job *head, *tail;
     unsigned n_queued;
     struct conn *conn; /* NULL while reconnecting */
+    struct conn *stale; /* retired connections a hung worker let go of late (struct conn) */
     atomic_bool ready; /* written under lock; read without it by hsm_signer_ready() */
     bool stopping;
     bool pin_rejected; /* a reconnect got a wrong PIN: never retried */
@@ -661,6 +668,11 @@ static void conn_release(struct hsm_signer *s, struct conn *c)
         return;
     pthread_mutex_lock(&s->lock);
     last = --c->refs == 0;
+    if (last && c->stale) {
+        c->next_stale = s->stale;
+        s->stale = c;
+        last = false;
+    }
     pthread_cond_broadcast(&s->state_cv); /* the reconnect thread may wait for this */
     pthread_mutex_unlock(&s->lock);
     if (last)
@@ -938,11 +950,14 @@ static void conn_retire_locked(struct hsm_signer *s)
             break;
     }
     last = --old->refs == 0;
+    if (!last)
+        old->stale = true; /* see struct conn */
     pthread_mutex_unlock(&s->lock);
     if (last)
         conn_close(old);
     else
-        LOG_WARN("hsm.conn_busy", "a worker still holds the lost connection; it closes it");
+        LOG_WARN("hsm.conn_busy", "a worker is still inside the token on the lost connection; "
+                 "it is set aside, closed when the signer is freed");
     pthread_mutex_lock(&s->lock);
 }
 
@@ -1075,6 +1090,12 @@ static void signer_destroy(struct hsm_signer *s)
     }
     if (s->conn != NULL && --s->conn->refs == 0)
         conn_close(s->conn);
+    while (s->stale != NULL) { /* after the current one: their C_Finalize can harm nobody now */
+        struct conn *c = s->stale;
+
+        s->stale = c->next_stale;
+        conn_close(c);
+    }
     EVP_PKEY_free(s->dummy);
     EVP_PKEY_free(s->pub);
     X509_free(s->ca_cert);

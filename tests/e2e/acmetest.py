@@ -13,6 +13,7 @@ Pieces:
   make_csr()   CSRs (DER) for finalize
   snapshot()   every row of every table of the store, read-only, to assert "nothing changed"
   Checks       counting assertions with readable output; every check can fail
+  ready_status(), wait_ready(), finalize_refused()   HSM outage checks (hsm_outage, hsm_hang)
 
 Environment (tests/e2e/lib.sh exports it from $ACMEGW_STATE/env.sh): ACMEGW_DIRECTORY,
 ACMEGW_TLS_CA, ACMEGW_EAB_KID, ACMEGW_EAB_HMAC, ACMEGW_STATE, ACMEGW_ROOTS, ACMEGW_TEST_SUFFIX,
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -309,8 +311,9 @@ class Client:
                 data = r.read()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    http.client.CannotSendRequest, http.client.BadStatusLine):
-                # the server may close a keep-alive connection (e.g. after a 413); reconnect once
+                    http.client.CannotSendRequest, http.client.BadStatusLine, ssl.SSLEOFError):
+                # the server may close a keep-alive connection (e.g. after a 413, or idle for
+                # longer than its keep-alive timeout); reconnect once
                 self.close()
                 if attempt:
                     raise
@@ -594,6 +597,40 @@ def alive(pid=None):
 
 
 # ------------------------------------------------------------------ checks
+
+def ready_status():
+    """(HTTP status, Retry-After) of GET /ready."""
+    url = env("ACMEGW_DIRECTORY").replace("/directory", "/ready")
+    ctx = ssl.create_default_context(cafile=env("ACMEGW_TLS_CA"))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+            return r.status, r.headers.get("Retry-After")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Retry-After")
+
+
+def wait_ready(want, tries=100):
+    """Polls /ready every 0.2 s until it answers want (at most tries times); its last status."""
+    for _ in range(tries):
+        if ready_status()[0] == want:
+            break
+        time.sleep(0.2)
+    return ready_status()[0]
+
+
+def finalize_refused(checks, c, order_url, order, name, what, max_s):
+    """finalize while the HSM cannot sign: 503 with Retry-After within max_s seconds, the order
+    still ready. Returns the CSR, for the retry once the HSM is back."""
+    csr, _ = make_csr([name])
+    t0 = time.monotonic()
+    r = c.finalize(order, csr)
+    dt = time.monotonic() - t0
+    checks.problem(r, 503, "serverInternal", what + ":")
+    checks.check(r.header("Retry-After") is not None, "503 has Retry-After")
+    checks.check(dt < max_s, "answered in %.2f s (bound %d s), no hang" % (dt, max_s))
+    checks.eq(c.get(order_url).json().get("status"), "ready", "order is ready (retryable)")
+    return csr
+
 
 class Checks:
     """Counting assertions: each prints one line; failures are collected, summary() exits 1."""

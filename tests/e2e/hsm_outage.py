@@ -7,7 +7,6 @@ hsm_outage.py at-start   the gateway was started while the token was away (its f
 import os
 import ssl
 import sys
-import time
 import urllib.request
 
 import acmetest as at
@@ -18,45 +17,13 @@ TOKENS = os.path.join(STATE, "tokens")
 SUFFIX = at.env("ACMEGW_TEST_SUFFIX")
 
 
-def ready_status():
-    url = at.env("ACMEGW_DIRECTORY").replace("/directory", "/ready")
-    ctx = ssl.create_default_context(cafile=at.env("ACMEGW_TLS_CA"))
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
-            return r.status, r.headers.get("Retry-After")
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Retry-After")
-
-
-def wait_ready(want, tries=100):
-    for _ in range(tries):
-        if ready_status()[0] == want:
-            break
-        time.sleep(0.2)
-    return ready_status()[0]
-
-
-def finalize_refused(c, order_url, order, name, what, max_s):
-    """finalize while the token is away: 503 with Retry-After within max_s, the order still ready.
-    Returns the CSR, for the retry once the token is back."""
-    csr, _ = at.make_csr([name])
-    t0 = time.monotonic()
-    r = c.finalize(order, csr)
-    dt = time.monotonic() - t0
-    C.problem(r, 503, "serverInternal", what + ":")
-    C.check(r.header("Retry-After") is not None, "503 has Retry-After")
-    C.check(dt < max_s, "answered in %.2f s (bound %d s), no hang" % (dt, max_s))
-    C.eq(c.get(order_url).json().get("status"), "ready", "order is ready (retryable)")
-    return csr
-
-
 def running():
     c = at.Client()
     c.directory()
     C.status(c.new_account(), 201, "account")
     C.begin("before the outage")
     c.issue(["before." + SUFFIX])
-    C.eq(ready_status()[0], 200, "/ready")
+    C.eq(at.ready_status()[0], 200, "/ready")
 
     C.begin("token files moved away")
     r = c.new_order(["during." + SUFFIX])
@@ -65,9 +32,9 @@ def running():
     os.rename(TOKENS, TOKENS + ".away")
     try:
         # within the signing deadline (5 s): the first job finds the token gone
-        csr = finalize_refused(c, order_url, order, "during." + SUFFIX,
-                               "finalize while the HSM is gone", 10)
-        st, retry = ready_status()
+        csr = at.finalize_refused(C, c, order_url, order, "during." + SUFFIX,
+                                  "finalize while the HSM is gone", 10)
+        st, retry = at.ready_status()
         C.eq(st, 503, "/ready while the HSM is gone")
         C.check(retry is not None, "/ready 503 has Retry-After")
         r = c.finalize(order, csr)
@@ -76,7 +43,7 @@ def running():
         os.rename(TOKENS + ".away", TOKENS)
 
     C.begin("token back: reconnect without a restart")
-    C.eq(wait_ready(200), 200, "/ready after the token is back")
+    C.eq(at.wait_ready(200), 200, "/ready after the token is back")
     r = c.finalize(c.get(order_url).json(), csr)
     C.eq(r.json().get("status") if r.status == 200 else r, "valid", "the same order finalizes now")
     C.check(bool(c.get(r.json()["certificate"]).body) if r.status == 200 else False,
@@ -85,7 +52,7 @@ def running():
 
 def at_start():
     C.begin("gateway started while the token was away")
-    st, retry = ready_status()
+    st, retry = at.ready_status()
     C.eq(st, 503, "/ready while the token has never answered")
     C.check(retry is not None, "/ready 503 has Retry-After")
     url = at.env("ACMEGW_DIRECTORY").replace("/directory", "/health")
@@ -99,12 +66,12 @@ def at_start():
     C.status(r, 201, "newOrder needs no HSM")
     order_url, order = r.header("Location"), r.json()
     # not ready since the start: refused without queueing
-    csr = finalize_refused(c, order_url, order, "atstart." + SUFFIX,
-                           "finalize before the token ever answered", 2)
+    csr = at.finalize_refused(C, c, order_url, order, "atstart." + SUFFIX,
+                              "finalize before the token ever answered", 2)
 
     C.begin("token back: the gateway connects by itself")
     os.rename(TOKENS + ".away", TOKENS)
-    C.eq(wait_ready(200), 200, "/ready once the token answers")
+    C.eq(at.wait_ready(200), 200, "/ready once the token answers")
     r = c.finalize(c.get(order_url).json(), csr)
     C.eq(r.json().get("status") if r.status == 200 else r, "valid", "the same order finalizes now")
     C.check(bool(c.get(r.json()["certificate"]).body) if r.status == 200 else False,

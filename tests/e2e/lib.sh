@@ -140,6 +140,24 @@ e2e_stop() {
     E2E_STARTED=0
 }
 
+# Starts the gateway again on the existing state (after e2e_stop), with the environment of the
+# caller (e.g. a changed SOFTHSM2_CONF or module), and waits for its directory; sets ACMEGW_PID
+# and the pid file e2e_stop uses. Returns non-zero if it does not answer within 15 s.
+e2e_restart_gateway() {
+    setsid "$BUILD_DIR/gateway/acmegw" --config "$ACMEGW_CONFIG" >>"$ACMEGW_STATE/acmegw.log" \
+        2>&1 </dev/null &
+    ACMEGW_PID=$!
+    export ACMEGW_PID
+    echo "$ACMEGW_PID" >"$ACMEGW_STATE/acmegw.pid"
+    E2E_STARTED=1
+    for _ in $(seq 1 150); do
+        curl -sf --cacert "$ACMEGW_TLS_CA" "$ACMEGW_DIRECTORY" >/dev/null 2>&1 && return 0
+        kill -0 "$ACMEGW_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 e2e_log_clean() { # no sanitizer report and no crash in the gateway log
     ! grep -qE 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|SUMMARY: .*Sanitizer|Segmentation fault|Aborted' \
         "$ACMEGW_STATE/acmegw.log"
@@ -147,6 +165,16 @@ e2e_log_clean() { # no sanitizer report and no crash in the gateway log
 
 e2e_stopped_cleanly() {
     grep -q 'server.stopped clean=yes' "$ACMEGW_STATE/acmegw.log"
+}
+
+# The common end of a test: the gateway is still running, stops cleanly, and its log has no
+# sanitizer report; then the summary. Returns non-zero if any check of the test failed.
+e2e_finish() {
+    e2e_check "gateway still running" e2e_gateway_alive
+    e2e_stop
+    e2e_check "gateway stopped cleanly" e2e_stopped_cleanly
+    e2e_check "gateway log has no sanitizer report or crash" e2e_log_clean
+    e2e_summary
 }
 
 e2e_summary() {

@@ -170,9 +170,5 @@ e2e_check "the CRL is served on the HTTPS listener too" bash -c \
 # ------------------------------------------------------------------ ARI and profiles
 rc=0
 e2e_python "$SOURCE_DIR/tests/e2e/lifecycle.py" || rc=$?
-e2e_check "gateway still running" e2e_gateway_alive
-e2e_stop
-e2e_check "gateway stopped cleanly" e2e_stopped_cleanly
-e2e_check "gateway log has no sanitizer report or crash" e2e_log_clean
-e2e_summary || rc=1
+e2e_finish || rc=1
 exit "$rc"
