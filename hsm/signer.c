@@ -73,6 +73,7 @@
 #define HSM_MAX_DEVICE_CLASS_LEN 256
 #define HSM_MAX_PIN_LEN          256
 #define HSM_MAX_KEY_ID_LEN       64
+#define HSM_RETRY_MARGIN_MS      200 /* at most; < 1000 (a nanosecond field); worker_main */
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -602,6 +603,8 @@ struct job {
     enum job_state state; /* guarded by s->lock, as are refs, abandoned and the result */
     unsigned refs;        /* the caller, and the queue or worker */
     bool abandoned;       /* the caller gave up at its deadline */
+    bool retried;         /* signed again after a reconnect (worker_main); worker only */
+    struct timespec until; /* the caller's deadline (CLOCK_MONOTONIC) */
     enum hsm_op op;
     char *device_class; /* or NULL */
     unsigned char *tbs;
@@ -804,13 +807,15 @@ static const EVP_MD *md_of(enum hsm_key_alg alg)
 /* ---------------------------------------------------------------- workers */
 
 /* Decodes, prechecks, signs in the token and verifies one job. Worker thread. */
-static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, size_t *der_len)
+static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, size_t *der_len,
+                    bool *session_lost)
 {
     struct tbs t = {j->op, NULL, NULL};
     struct conn *c = NULL;
     unsigned long ckr;
     int err;
 
+    *session_lost = false;
     *der = NULL;
     *der_len = 0;
     err = tbs_decode(&t, j->tbs, j->tbs_len);
@@ -838,6 +843,7 @@ static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, si
         ckr = ckr_from_queue();
         if (ckr_means_lost(ckr)) {
             mark_lost(s, c, "sign_failed", ckr);
+            *session_lost = true; /* nothing was signed: worth one more try after a reconnect */
             err = AGW_ERR_HSM_UNAVAILABLE;
         } else {
             LOG_ERROR("hsm.sign_failed", "ckr=0x%lx", ckr);
@@ -897,12 +903,42 @@ static void *worker_main(void *arg)
         if (!j->abandoned) {
             unsigned char *der;
             size_t der_len;
+            bool session_lost;
             int err;
 
             j->state = JOB_RUNNING;
             pthread_mutex_unlock(&s->lock);
-            err = job_sign(s, j, &der, &der_len);
+            err = job_sign(s, j, &der, &der_len, &session_lost);
             pthread_mutex_lock(&s->lock);
+            if (session_lost && !j->retried) {
+                /* The token ended the session under the call (a network HSM's failover, or
+                 * another issuer on the same module reconnecting: its new C_Initialize ends our
+                 * sessions). The reconnect usually takes ~0.1 s: wait for it within the
+                 * caller's deadline and sign once more, so a blip costs latency, not a 503. */
+                struct timespec give_up = j->until;
+
+                /* a little before the caller's deadline, so the caller gets our answer rather
+                 * than its own timeout (which would report a hung token) */
+                give_up.tv_nsec -= (long)(s->timeout_ms / 4 < HSM_RETRY_MARGIN_MS
+                                              ? s->timeout_ms / 4
+                                              : HSM_RETRY_MARGIN_MS) * 1000000L;
+                if (give_up.tv_nsec < 0) {
+                    give_up.tv_sec--;
+                    give_up.tv_nsec += 1000000000L;
+                }
+                j->retried = true;
+                while (!atomic_load(&s->ready) && !s->stopping && !j->abandoned) {
+                    if (pthread_cond_timedwait(&s->state_cv, &s->lock, &give_up) == ETIMEDOUT)
+                        break;
+                }
+                if (atomic_load(&s->ready) && !s->stopping && !j->abandoned) {
+                    pthread_mutex_unlock(&s->lock);
+                    LOG_INFO("hsm.retry", "op=%d: signing again on the new connection",
+                             (int)j->op);
+                    err = job_sign(s, j, &der, &der_len, &session_lost);
+                    pthread_mutex_lock(&s->lock);
+                }
+            }
             j->err = err;
             j->der = der;
             j->der_len = der_len;
@@ -1000,6 +1036,7 @@ static void *reconnect_main(void *arg)
             fresh->refs = 1;
             s->conn = fresh;
             atomic_store(&s->ready, true);
+            pthread_cond_broadcast(&s->state_cv); /* a worker may wait to sign again */
             backoff_ms = HSM_BACKOFF_FIRST_MS;
         } else if (err == AGW_ERR_PIN_INCORRECT) {
             s->pin_rejected = true; /* a real HSM locks the PIN after a few tries */
@@ -1375,6 +1412,7 @@ int hsm_call(struct hsm_signer *s, const struct hsm_request *req, struct hsm_res
     if (err != 0)
         goto out;
     deadline_after(&until, s->timeout_ms);
+    j->until = until;
     pthread_mutex_lock(&s->lock);
     if (s->stopping || !atomic_load(&s->ready) || s->n_queued >= s->max_queue) {
         bool full = s->n_queued >= s->max_queue;

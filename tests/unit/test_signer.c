@@ -526,6 +526,38 @@ done:
     fx_done(&f);
 }
 
+/* Two signers on one module (two issuers in one token, as quickstart makes): when one reconnects,
+ * its new C_Initialize ends the other's sessions (SoftHSM2 answers CKR_SESSION_HANDLE_INVALID).
+ * The other's next signature must not fail for it: it reconnects and signs again within its
+ * deadline. */
+static void other_signer_on_module_survives_a_reconnect(void)
+{
+    struct hsm_signer *a = NULL, *b = NULL;
+    char away[1200];
+    struct fx f;
+
+    CHECK_INT(fx_setup(&f, HSM_KEY_EC_P256), 0);
+    snprintf(away, sizeof(away), "%s.away", f.tokens);
+    CHECK_INT(hsm_signer_new(&f.cfg, USER_PIN, &a), 0);
+    CHECK_INT(hsm_signer_new(&f.cfg, USER_PIN, &b), 0);
+    if (a == NULL || b == NULL)
+        goto done;
+    CHECK_INT(sign_leaf_ok(a, "test", 2), 0);
+    CHECK_INT(sign_leaf_ok(b, "test", 3), 0);
+    CHECK_INT(rename(f.tokens, away), 0);
+    CHECK_INT(sign_leaf_ok(a, "test", 4), AGW_ERR_HSM_UNAVAILABLE); /* a finds the token gone */
+    CHECK_INT(rename(away, f.tokens), 0);
+    CHECK_INT(wait_ready(a, 10000), 0); /* a reconnected: a new C_Initialize on the module */
+    CHECK_INT(sign_leaf_ok(a, "test", 5), 0);
+    CHECK_INT(sign_leaf_ok(b, "test", 6), 0); /* b's session was ended under it: retried */
+    CHECK_INT(sign_leaf_ok(b, "test", 7), 0);
+    CHECK_INT(sign_leaf_ok(a, "test", 8), 0); /* and b's reconnect did not break a */
+done:
+    hsm_signer_free(b);
+    hsm_signer_free(a);
+    fx_done(&f);
+}
+
 /* start_unavailable: the token is away when the signer starts (the gateway's start while a network
  * HSM is down): the signer starts not ready, answers at once, and is ready when the token is back.
  * Without the flag, or without a CA certificate to take the key's algorithm from, it still fails;
@@ -1082,6 +1114,7 @@ int main(void)
     RUN(signs_from_8_threads_ec_p384);
     RUN(token_moved_away_then_back_recovers);
     RUN(start_while_token_away_then_ready);
+    RUN(other_signer_on_module_survives_a_reconnect);
     RUN(wrong_pin_on_reconnect_is_not_retried);
     RUN(start_refusals);
     RUN(crl_signature_verifies);
