@@ -234,9 +234,9 @@ struct conn {
  * PKCS#11 spec leaves concurrent calls undefined, and SoftHSM2 2.6 leaks (LeakSanitizer) or
  * crashes (SIGSEGV in its destructors when libp11 dlclose()s it after the failed load) when the
  * reconnect threads of two issuers on one module (token files missing at start) call
- * C_Initialize in the same millisecond. One lock for the process, taken with a bound, because a module's
- * C_Initialize may hang (a network HSM): a loader that cannot get the lock in time fails like a
- * failed load and is retried with back-off; its attempt thread ends instead of waiting forever.
+ * C_Initialize in the same millisecond. One lock for the process, taken with a bound, because a
+ * module's C_Initialize may hang (a network HSM): a loader that cannot get the lock in time fails
+ * like a failed load and is retried with back-off; its attempt thread ends instead of waiting.
  */
 #define HSM_MODULE_LOCK_MS 10000
 static pthread_mutex_t module_lock = PTHREAD_MUTEX_INITIALIZER;

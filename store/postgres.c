@@ -433,8 +433,9 @@ static void notice_ignore(void *arg, const char *message)
  * server): it fails as AGW_ERR_STORE and the client gets a problem document instead of a request
  * that never ends; a session of ours left idle in a transaction (a hung gateway) is ended by the
  * server after PG_IDLE_IN_TX_TIMEOUT, so its locks do not stop the other instances. Each is set
- * only where the session has none, so a value from the conninfo (options='-c statement_timeout=..'),
- * the role or the database is kept. Migrations lift the statement limit (migrate()).
+ * only where the session has none, so a value from the conninfo (e.g. options='-c
+ * statement_timeout=30s'), the role or the database is kept. Migrations lift the statement limit
+ * (migrate()).
  */
 #define PG_STATEMENT_TIMEOUT  "10s"
 #define PG_IDLE_IN_TX_TIMEOUT "60s"
@@ -1396,9 +1397,10 @@ static int pg_order_start_processing(struct st_store *s, const char *id, int64_t
                        "UPDATE orders SET status = 'processing', "
                        "updated = extract(epoch from now())::bigint "
                        "WHERE id = $3 AND status = 'ready' AND ($1::bigint <= 0 OR "
-                       "(SELECT count(*) FROM certificates c WHERE c.account_id = orders.account_id "
-                       "AND c.issued >= $2::bigint) + (SELECT count(*) FROM orders o WHERE "
-                       "o.account_id = orders.account_id AND o.status = 'processing') < $1::bigint)",
+                       "(SELECT count(*) FROM certificates c "
+                       "WHERE c.account_id = orders.account_id AND c.issued >= $2::bigint) + "
+                       "(SELECT count(*) FROM orders o WHERE o.account_id = orders.account_id "
+                       "AND o.status = 'processing') < $1::bigint)",
                        &r, "iit", max_certs, since, id);
     if (err == 0)
         err = cond_result(c, r, op, "SELECT 1 FROM orders WHERE id = $1", id);
