@@ -179,6 +179,9 @@ static const char *const migrations[] = {
     /* 6: a certificate is replaced by at most one live order (RFC 9773), whatever the race */
     "CREATE UNIQUE INDEX orders_replaces ON orders(replaces) "
     "  WHERE replaces IS NOT NULL AND replaces != '' AND status != 'invalid';",
+    /* 7: no query looks certificates up by order (an order names its certificate, cert_serial,
+     * and orders are never deleted), so that index only cost a B-tree insert per certificate */
+    "DROP INDEX IF EXISTS certificates_order;",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

@@ -280,9 +280,9 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
 
     CHECK_INT(fixture_open(&fx, "migrate"), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 6);
+    CHECK_INT(v, 7);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 7);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                "name IN ('eab_keys','accounts','orders','authorizations',"
                                "'challenges','certificates','crl_numbers','used_nonces','crl_leases','crls')"),
@@ -290,17 +290,20 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
               1);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
+                               "name='certificates_order'"),
+              0); /* made by 1, dropped by 7 */
 
     /* an existing, up-to-date database: opens, nothing re-applied */
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     v = -1;
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 6);
+    CHECK_INT(v, 7);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 7);
     CHECK_INT(query_int(fx.db, "PRAGMA journal_mode"), 0); /* text "wal" reads as 0 */
 
-    /* a database from only migration 1 gets migrations 2 to 6 */
+    /* a database from only migration 1 gets migrations 2 to 7 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
                               "DROP INDEX orders_status_updated; ALTER TABLE orders DROP COLUMN updated; "
@@ -309,7 +312,7 @@ static void migrations_apply_once_and_rerun_is_a_no_op(void)
               SQLITE_OK);
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 6);
+    CHECK_INT(v, 7);
     st_close(fx.s);
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND "
                                "name='certificates_issued'"),
@@ -1423,7 +1426,7 @@ static void migrate_child(const char *conninfo, const unsigned char key[32], int
     (void)read(go_fd, &c, 1); /* EOF: all children are waiting, go */
     if (store_open(conninfo, key, &s) != 0)
         _exit(2);
-    if (st_schema_version(s, &v) != 0 || v != 6)
+    if (st_schema_version(s, &v) != 0 || v != 7)
         _exit(3);
     st_close(s);
     _exit(0);
@@ -1463,8 +1466,8 @@ static void pg_concurrent_migrations_apply_once(void)
                 n_ok++;
         }
         CHECK_INT(n_ok, N_PROCS);
-        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
-        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 6);
+        CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 7);
+        CHECK_INT(query_int(fx.db, "SELECT count(DISTINCT version) FROM schema_migrations"), 7);
     }
     CHECK_INT(query_int(fx.db, "SELECT count(*) FROM information_schema.tables WHERE "
                                "table_schema = 'public' AND table_name IN ('eab_keys','accounts',"
@@ -1478,11 +1481,11 @@ static void pg_concurrent_migrations_apply_once(void)
     /* up to date: opens, nothing re-applied */
     CHECK_INT(store_open(fx.db, fx.key, &fx.s), 0);
     CHECK_INT(st_schema_version(fx.s, &v), 0);
-    CHECK_INT(v, 6);
+    CHECK_INT(v, 7);
     st_close(fx.s);
-    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 6);
+    CHECK_INT(query_int(fx.db, "SELECT count(*) FROM schema_migrations"), 7);
 
-    /* a database from only migration 1 gets migrations 2 to 6 */
+    /* a database from only migration 1 gets migrations 2 to 7 */
     CHECK_INT(exec_raw(fx.db, "DROP INDEX certificates_issued; DROP INDEX certificates_account; "
                               "DROP TABLE used_nonces; DROP TABLE crl_leases; DROP TABLE crls; "
                               "DROP INDEX orders_status_updated; ALTER TABLE orders DROP COLUMN updated; "
