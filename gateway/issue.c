@@ -102,10 +102,7 @@ static int order_identifiers(const struct st_order *o, json_t **root, struct pol
     return 0;
 }
 
-/* Leaf PEM straight from the DER the HSM returned (no decode: OpenSSL 3.0's d2i_X509 runs the
- * public-key decoder, a large share of a certificate's CPU), then the CA chain. */
-static char *chain_pem(const unsigned char *der, size_t der_len, const char *ca_pem,
-                       size_t ca_len)
+char *gw_chain_pem(const unsigned char *der, size_t der_len, const char *ca_pem, size_t ca_len)
 {
     BIO *b = BIO_new(BIO_s_mem());
     char *out = NULL, *data;
@@ -151,8 +148,6 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
     struct hsm_request hreq;
     struct hsm_response hresp = {0, NULL, 0};
     struct st_cert cert;
-    const char *ca_pem;
-    size_t ca_len = 0;
     int err, processing = 0;
 
     memset(&cert, 0, sizeof(cert));
@@ -217,7 +212,6 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
                      : "the signing service is unavailable; retry later");
         goto out;
     }
-    ca_pem = hsm_ca_chain_pem(issuer->signer, &ca_len);
     snprintf(cert.order_id, sizeof(cert.order_id), "%s", o->id);
     snprintf(cert.account_id, sizeof(cert.account_id), "%s", acct->id);
     snprintf(cert.class_name, sizeof(cert.class_name), "%s", o->class_name);
@@ -259,11 +253,7 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
     }
     cert.der = hresp.der;
     cert.der_len = hresp.der_len;
-    cert.chain_pem = chain_pem(hresp.der, hresp.der_len, ca_pem, ca_len);
-    if (cert.chain_pem == NULL) {
-        err = AGW_ERR_NOMEM;
-        goto out;
-    }
+    cert.chain_pem = NULL; /* the issuer's chain is added at download (handle_cert) */
     err = st_cert_issue(srv->store, &cert);
     if (err != 0) {
         LOG_ERROR("acme.record_failed", "order=%s serial=%s err=%s", o->id, cert.serial,

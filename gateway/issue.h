@@ -39,5 +39,9 @@ int gw_issue_precheck(void *arg, const char *device_class, const X509 *tbs);
 
 /* Lower-case hex serial of x into out (ST_SERIAL_LEN). */
 int gw_cert_serial_hex(const X509 *x, char *out, size_t size);
+/* The PEM served at a certificate URL: the leaf, straight from its DER (no decode: OpenSSL 3.0's
+ * d2i_X509 runs the public-key decoder), then ca_pem (the issuer's chain file, ca_len bytes; may
+ * be empty). NULL if out of memory. Owned by the caller: free(). */
+char *gw_chain_pem(const unsigned char *der, size_t der_len, const char *ca_pem, size_t ca_len);
 
 #endif

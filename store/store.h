@@ -248,7 +248,8 @@ struct st_cert {
     char *identifiers;  /* comma-separated SAN values, for listing and search */
     unsigned char *der;
     size_t der_len;
-    char *chain_pem; /* the PEM served at the certificate URL: leaf + chain */
+    char *chain_pem; /* NULL: the gateway adds the issuer's chain at download; older rows and
+                      * operator-issued certificates: the PEM served, leaf + chain */
 };
 void st_cert_clear(struct st_cert *c);
 
