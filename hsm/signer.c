@@ -230,23 +230,32 @@ struct conn {
 };
 
 /*
- * C_Initialize and C_Finalize of one module are never called from two threads at once: the
- * PKCS#11 spec leaves concurrent calls undefined, and SoftHSM2 2.6 leaks (LeakSanitizer) or
- * crashes (SIGSEGV in its destructors when libp11 dlclose()s it after the failed load) when the
- * reconnect threads of two issuers on one module (token files missing at start) call
- * C_Initialize in the same millisecond. One lock for the process, taken with a bound, because a
- * module's C_Initialize may hang (a network HSM): a loader that cannot get the lock in time fails
- * like a failed load and is retried with back-off; its attempt thread ends instead of waiting.
+ * The PKCS#11 module is one per process, shared by every connection (every issuer on it, every
+ * reconnect attempt): C_Initialize and C_Finalize act on all of them. So they are never called
+ * while another thread is inside the module, nor two at once: calls into the module (sessions,
+ * login, signing) hold module_lock for reading, C_Initialize / C_Finalize (PKCS11_CTX_load /
+ * _unload) for writing. Seen without it, with SoftHSM2 2.6 and two issuers on one module:
+ * leaks and SIGSEGV when both reconnect threads called C_Initialize in the same millisecond, and
+ * SIGSEGV when a connection was finalized while a call of another one, released from a hang,
+ * was still running. Every wait is bounded, because a call may hang in the token (a network
+ * HSM): a thread that cannot get the lock in time fails as if the token were unavailable and
+ * is retried with back-off; an unload that cannot get it is skipped and the context leaked.
  */
 #define HSM_MODULE_LOCK_MS 10000
-static pthread_mutex_t module_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_rwlock_t module_lock = PTHREAD_RWLOCK_INITIALIZER;
 
-static bool module_lock_take(void)
+static bool module_enter(bool exclusive)
 {
     struct timespec until;
 
     deadline_after(&until, HSM_MODULE_LOCK_MS);
-    return pthread_mutex_clocklock(&module_lock, CLOCK_MONOTONIC, &until) == 0;
+    return (exclusive ? pthread_rwlock_clockwrlock(&module_lock, CLOCK_MONOTONIC, &until)
+                      : pthread_rwlock_clockrdlock(&module_lock, CLOCK_MONOTONIC, &until)) == 0;
+}
+
+static void module_leave(void)
+{
+    pthread_rwlock_unlock(&module_lock);
 }
 
 static void conn_close(struct conn *c)
@@ -254,18 +263,27 @@ static void conn_close(struct conn *c)
     if (c == NULL)
         return;
     EVP_PKEY_free(c->pub);
-    EVP_PKEY_free(c->key); /* before the slots, which free the PKCS11_KEY it points into */
-    if (c->slots != NULL)
-        PKCS11_release_all_slots(c->ctx, c->slots, c->n_slots);
+    if (c->key != NULL || c->slots != NULL) {
+        if (!module_enter(false)) {
+            LOG_WARN("hsm.unload_skipped", "module busy for %d ms; the context is leaked",
+                     HSM_MODULE_LOCK_MS);
+            free(c);
+            return;
+        }
+        EVP_PKEY_free(c->key); /* before the slots, which free the PKCS11_KEY it points into */
+        if (c->slots != NULL)
+            PKCS11_release_all_slots(c->ctx, c->slots, c->n_slots);
+        module_leave();
+    }
     if (c->loaded) { /* PKCS11_CTX_unload() after a failed load crashes (notes §2) */
-        if (!module_lock_take()) { /* another thread is stuck in the module: leave it be */
+        if (!module_enter(true)) { /* a call is stuck in the module: leave it be */
             LOG_WARN("hsm.unload_skipped", "module busy for %d ms; the context is leaked",
                      HSM_MODULE_LOCK_MS);
             free(c);
             return;
         }
         PKCS11_CTX_unload(c->ctx);
-        pthread_mutex_unlock(&module_lock);
+        module_leave();
     }
     if (c->ctx != NULL)
         PKCS11_CTX_free(c->ctx);
@@ -403,6 +421,7 @@ static int conn_open(const struct conn_params *p, struct conn **out)
     struct conn *c;
     unsigned int i, n_other = 0;
     unsigned long ckr;
+    bool in_module = false;
     int err = AGW_ERR_NOMEM;
 
     *out = NULL;
@@ -413,18 +432,23 @@ static int conn_open(const struct conn_params *p, struct conn **out)
     if (c->ctx == NULL)
         goto fail;
     err = AGW_ERR_HSM_UNAVAILABLE;
-    if (!module_lock_take()) {
-        LOG_ERROR("hsm.load_failed", "module=%s: busy for %d ms (another load hangs)", p->module,
+    if (!module_enter(true)) {
+        LOG_ERROR("hsm.load_failed", "module=%s: busy for %d ms (a call hangs in it)", p->module,
                   HSM_MODULE_LOCK_MS);
         goto fail;
     }
     if (PKCS11_CTX_load(c->ctx, p->module) != 0) {
-        pthread_mutex_unlock(&module_lock);
+        module_leave();
         LOG_ERROR("hsm.load_failed", "module=%s ckr=0x%lx", p->module, ckr_from_queue());
         goto fail;
     }
-    pthread_mutex_unlock(&module_lock);
+    module_leave();
     c->loaded = true;
+    if (!module_enter(false)) { /* held to the end: slots, probe, login, key */
+        LOG_ERROR("hsm.load_failed", "module=%s: busy for %d ms", p->module, HSM_MODULE_LOCK_MS);
+        goto fail;
+    }
+    in_module = true;
     ERR_clear_error(); /* SoftHSM's C_Initialize leaves unrelated DSO errors (notes §2) */
     if (PKCS11_enumerate_slots(c->ctx, &c->slots, &c->n_slots) != 0) {
         c->slots = NULL;
@@ -480,6 +504,8 @@ static int conn_open(const struct conn_params *p, struct conn **out)
     c = NULL;
     err = 0;
 fail:
+    if (in_module)
+        module_leave(); /* before conn_close, which takes the lock itself */
     ERR_clear_error();
     conn_close(c);
     return err;
@@ -813,7 +839,7 @@ static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, si
     struct tbs t = {j->op, NULL, NULL};
     struct conn *c = NULL;
     unsigned long ckr;
-    int err;
+    int err, ok;
 
     *session_lost = false;
     *der = NULL;
@@ -839,7 +865,13 @@ static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, si
     if (err != 0)
         goto fail;
     ERR_clear_error();
-    if (tbs_sign(&t, c->key, md_of(s->alg)) <= 0) {
+    if (!module_enter(false)) { /* a load or unload holds the module (or hangs in it) */
+        err = AGW_ERR_HSM_UNAVAILABLE;
+        goto fail;
+    }
+    ok = tbs_sign(&t, c->key, md_of(s->alg));
+    module_leave();
+    if (ok <= 0) {
         ckr = ckr_from_queue();
         if (ckr_means_lost(ckr)) {
             mark_lost(s, c, "sign_failed", ckr);
