@@ -23,6 +23,7 @@
  * account_by_thumbprint, order_get, authz_get, challenge_get, cert_get, authz_list_by_order,
  * challenge_list_by_authz): store.c checks their arguments and resets and clears their
  * out-parameters, so they get a valid handle, their own copy of the key and a zeroed *out.
+ * store.c checks the arguments of every other function as well before it calls the backend.
  */
 struct st_ops {
     const char *driver; /* "sqlite", "postgresql": the st_config.driver that selects it */
@@ -53,7 +54,7 @@ struct st_ops {
     int (*order_transition)(struct st_store *s, const char *id, const char *from, const char *to,
                             const char *error_json);
     int (*order_start_processing)(struct st_store *s, const char *id, int64_t max_certs,
-                                  int64_t since); /* arguments checked by store.c */
+                                  int64_t since);
     int (*order_count)(struct st_store *s, const char *account_id, const char *status,
                        int64_t since, int64_t *n);
     int (*order_count_by_eab)(struct st_store *s, const char *kid, int64_t since, int64_t *n);

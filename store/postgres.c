@@ -682,8 +682,6 @@ static int pg_schema_version(struct st_store *s, int *version)
     PGconn *c;
     int err;
 
-    if (s == NULL || version == NULL)
-        return AGW_ERR_BAD_INPUT;
     c = conn_get(s, &slot);
     err = read_version(c, version);
     conn_put(s, slot);
@@ -857,8 +855,6 @@ static int pg_eab_create(struct st_store *s, const char *class_name, int64_t now
     PGconn *c;
     int err;
 
-    if (s == NULL || out == NULL || hmac_out == NULL || !st_given(class_name, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     err = st_random_id(id, sizeof(id));
     if (err != 0)
         return err;
@@ -901,8 +897,6 @@ static int pg_eab_get(struct st_store *s, const char *kid, struct st_eab *out, u
     PGconn *c;
     int err;
 
-    if (s == NULL || out == NULL || hmac == NULL || hmac_len == NULL || !st_given(kid, ST_KID_LEN))
-        return AGW_ERR_BAD_INPUT;
     st_copy_str(key, sizeof(key), kid); /* kid may point into *out, which is cleared next */
     kid = key;
     memset(out, 0, sizeof(*out));
@@ -934,8 +928,6 @@ static int pg_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
     PGconn *c;
     int err;
 
-    if (s == NULL || out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
     *out = NULL;
     *n = 0;
     c = conn_get(s, &slot);
@@ -953,9 +945,6 @@ static int pg_eab_revoke(struct st_store *s, const char *kid, int64_t now)
 {
     int err;
 
-    /* revoked = 0 means active, so a revocation must carry a real time */
-    if (s == NULL || !st_given(kid, ST_KID_LEN) || now <= 0)
-        return AGW_ERR_BAD_INPUT;
     err = cond_update(s, "eab_revoke",
                       "UPDATE eab_keys SET revoked = $1 WHERE kid = $2 AND revoked = 0",
                       "SELECT 1 FROM eab_keys WHERE kid = $1", kid, "it", now, kid);
@@ -1018,12 +1007,6 @@ static int pg_account_create(struct st_store *s, struct st_account *a, char exis
     PGconn *c;
     int err;
 
-    if (existing_id != NULL)
-        existing_id[0] = '\0';
-    if (s == NULL || a == NULL || !st_given(a->thumbprint, sizeof(a->thumbprint)) ||
-        !st_fits(a->status, sizeof(a->status)) || !st_fits(a->eab_kid, sizeof(a->eab_kid)) ||
-        !st_fits(a->class_name, sizeof(a->class_name)) || a->jwk_json == NULL)
-        return AGW_ERR_BAD_INPUT;
     status = a->status[0] != '\0' ? a->status : "valid";
     st_copy_str(class_name, sizeof(class_name), a->class_name);
     err = st_random_id(id, sizeof(id));
@@ -1110,16 +1093,12 @@ static int update_one(struct st_store *s, const char *op, const char *sql, const
 
 static int pg_account_set_contact(struct st_store *s, const char *id, const char *contact_json)
 {
-    if (s == NULL || !st_given(id, ST_ID_LEN) || contact_json == NULL)
-        return AGW_ERR_BAD_INPUT;
     return update_one(s, "account_contact", "UPDATE accounts SET contact_json = $1 WHERE id = $2",
                       contact_json, id, NULL);
 }
 
 static int pg_account_deactivate(struct st_store *s, const char *id)
 {
-    if (s == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     return cond_update(s, "account_deactivate",
                        "UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = "
                        "'valid'",
@@ -1129,9 +1108,6 @@ static int pg_account_deactivate(struct st_store *s, const char *id)
 static int pg_account_set_key(struct st_store *s, const char *id, const char *thumbprint,
                               const char *jwk_json)
 {
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !st_given(thumbprint, ST_THUMB_LEN) ||
-        jwk_json == NULL)
-        return AGW_ERR_BAD_INPUT;
     return update_one(s, "account_set_key",
                       "UPDATE accounts SET thumbprint = $1, jwk_json = $2 WHERE id = $3",
                       thumbprint, jwk_json, id);
@@ -1170,33 +1146,6 @@ static int order_row(const PGresult *r, int row, void *out)
     if (err == 0)
         err = col_dup(r, row, 12, &o->error_json);
     return err;
-}
-
-static int state_ok(const char *state)
-{
-    return st_given(state, ST_STATE_LEN);
-}
-
-static int order_input_ok(const struct st_order *o)
-{
-    return st_given(o->account_id, sizeof(o->account_id)) &&
-           st_fits(o->status, sizeof(o->status)) && st_fits(o->class_name, sizeof(o->class_name)) &&
-           st_fits(o->profile, sizeof(o->profile)) &&
-           st_fits(o->cert_serial, sizeof(o->cert_serial)) &&
-           st_fits(o->replaces, sizeof(o->replaces)) && o->identifiers_json != NULL;
-}
-
-static int authz_input_ok(const struct st_authz *a)
-{
-    return st_fits(a->account_id, sizeof(a->account_id)) &&
-           st_given(a->id_type, sizeof(a->id_type)) && st_fits(a->status, sizeof(a->status)) &&
-           a->id_value != NULL;
-}
-
-static int chal_input_ok(const struct st_new_challenge *c, size_t n_authz)
-{
-    return c->authz_index < n_authz && st_given(c->c.type, sizeof(c->c.type)) &&
-           st_given(c->c.token, sizeof(c->c.token)) && st_fits(c->c.status, sizeof(c->c.status));
 }
 
 static const char *or_default(const char *v, const char *dflt)
@@ -1254,16 +1203,6 @@ static int pg_order_create(struct st_store *s, struct st_order *o, struct st_aut
     size_t slot;
     PGconn *c;
     int err;
-
-    if (s == NULL || o == NULL || !order_input_ok(o) || (n_authz > 0 && authz == NULL) ||
-        (n_chal > 0 && chal == NULL))
-        return AGW_ERR_BAD_INPUT;
-    for (size_t i = 0; i < n_authz; i++)
-        if (!authz_input_ok(&authz[i]))
-            return AGW_ERR_BAD_INPUT;
-    for (size_t j = 0; j < n_chal; j++)
-        if (!chal_input_ok(&chal[j], n_authz))
-            return AGW_ERR_BAD_INPUT;
 
     err = st_random_id(o->id, sizeof(o->id));
     for (size_t i = 0; err == 0 && i < n_authz; i++) {
@@ -1367,8 +1306,6 @@ static int pg_order_ids_by_account(struct st_store *s, const char *account_id, s
 static int pg_order_transition(struct st_store *s, const char *id, const char *from, const char *to,
                                const char *error_json)
 {
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
-        return AGW_ERR_BAD_INPUT;
     /* error_json NULL keeps what is there */
     return cond_update(s, "order_transition",
                        "UPDATE orders SET status = $1, error_json = COALESCE($2::text, error_json), "
@@ -1444,9 +1381,6 @@ static int count_query(struct st_store *s, const char *op, const char *sql, int6
 static int pg_order_count(struct st_store *s, const char *account_id, const char *status,
                           int64_t since, int64_t *n)
 {
-    if (s == NULL || n == NULL || !st_given(account_id, ST_ID_LEN) ||
-        (status != NULL && !state_ok(status)))
-        return AGW_ERR_BAD_INPUT;
     if (status != NULL)
         return count_query(s, "order_count",
                            "SELECT count(*) FROM orders WHERE account_id = $1 AND created >= $2 "
@@ -1459,8 +1393,6 @@ static int pg_order_count(struct st_store *s, const char *account_id, const char
 
 static int pg_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n)
 {
-    if (s == NULL || n == NULL || !st_given(kid, ST_KID_LEN))
-        return AGW_ERR_BAD_INPUT;
     return count_query(s, "order_count_by_eab",
                        "SELECT count(*) FROM orders o JOIN accounts a ON a.id = o.account_id "
                        "WHERE a.eab_kid = $1 AND o.created >= $2",
@@ -1470,8 +1402,6 @@ static int pg_order_count_by_eab(struct st_store *s, const char *kid, int64_t si
 static int pg_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since,
                                     int64_t *n)
 {
-    if (s == NULL || n == NULL || !st_given(account_id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     return count_query(s, "cert_count_by_account",
                        "SELECT count(*) FROM certificates WHERE account_id = $1 AND issued >= $2",
                        n, "ti", account_id, since, NULL);
@@ -1484,11 +1414,6 @@ static int pg_order_replacing(struct st_store *s, const char *cert_id, int64_t n
     PGconn *c;
     int err;
 
-    if (found == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *found = 0;
-    if (s == NULL || !st_given(cert_id, sizeof(((struct st_order *)0)->replaces)))
-        return AGW_ERR_BAD_INPUT;
     c = conn_get(s, &slot);
     err = pg_execf(c, "order_replacing",
                    "SELECT 1 FROM orders WHERE replaces = $1 AND status <> 'invalid' AND "
@@ -1553,8 +1478,6 @@ static int pg_authz_list_by_order(struct st_store *s, const char *order_id, stru
 
 static int pg_authz_transition(struct st_store *s, const char *id, const char *from, const char *to)
 {
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
-        return AGW_ERR_BAD_INPUT;
     return cond_update(s, "authz_transition",
                        "UPDATE authorizations SET status = $1 WHERE id = $2 AND status = $3",
                        "SELECT 1 FROM authorizations WHERE id = $1", id, "ttt", to, id, from);
@@ -1611,8 +1534,6 @@ static int pg_challenge_list_by_authz(struct st_store *s, const char *authz_id,
 static int pg_challenge_transition(struct st_store *s, const char *id, const char *from,
                                    const char *to, int64_t validated, const char *error_json)
 {
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
-        return AGW_ERR_BAD_INPUT;
     return cond_update(s, "challenge_transition",
                        "UPDATE challenges SET status = $1, validated = $2, error_json = $3 "
                        "WHERE id = $4 AND status = $5",
@@ -1687,15 +1608,6 @@ static int cert_row_full(const PGresult *r, int row, void *out)
     return err;
 }
 
-static int cert_input_ok(const struct st_cert *c)
-{
-    return st_given(c->serial, sizeof(c->serial)) && st_fits(c->order_id, sizeof(c->order_id)) &&
-           st_fits(c->account_id, sizeof(c->account_id)) &&
-           st_fits(c->class_name, sizeof(c->class_name)) &&
-           st_given(c->issuer, sizeof(c->issuer)) && c->der != NULL && c->der_len > 0 &&
-           c->der_len <= INT_MAX;
-}
-
 /*
  * As in sqlite.c: always recorded "valid". processing -> valid and the insert are one
  * transaction; of two instances finalizing one order, the second's UPDATE waits on the row lock,
@@ -1708,8 +1620,6 @@ static int pg_cert_issue(struct st_store *s, const struct st_cert *c)
     PGconn *db;
     int err;
 
-    if (s == NULL || c == NULL || !cert_input_ok(c))
-        return AGW_ERR_BAD_INPUT;
     db = conn_get(s, &slot);
     err = tx_begin(db, "cert_issue");
     if (err != 0)
@@ -1782,15 +1692,6 @@ static int pg_cert_list(struct st_store *s, const struct st_cert_filter *f, stru
     PGconn *c;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || f == NULL || (f->class_name != NULL && !st_fits(f->class_name, ST_NAME_LEN)))
-        return AGW_ERR_BAD_INPUT;
-    if (f->status != NULL && strcmp(f->status, "valid") != 0 && strcmp(f->status, "revoked") != 0 &&
-        strcmp(f->status, "expired") != 0)
-        return AGW_ERR_BAD_INPUT;
     memset(&p, 0, sizeof(p));
     if (f->class_name != NULL) {
         par_text(&p, f->class_name);
@@ -1832,9 +1733,6 @@ static int pg_cert_revoke(struct st_store *s, const char *serial, int reason, in
 {
     int err;
 
-    if (s == NULL || !st_given(serial, ST_SERIAL_LEN) || reason < 0 || reason > 10 || reason == 7 ||
-        now <= 0)
-        return AGW_ERR_BAD_INPUT;
     err = cond_update(s, "cert_revoke",
                       "UPDATE certificates SET status = 'revoked', revoked_at = $1, reason = $2 "
                       "WHERE serial = $3 AND status = 'valid'",
@@ -1866,12 +1764,6 @@ static int pg_revoked_list(struct st_store *s, const char *issuer, int64_t since
     PGconn *c;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || !st_given(issuer, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     c = conn_get(s, &slot);
     /* COLLATE "C": byte order, as SQLite's ORDER BY serial */
     err = pg_execf(c, "revoked_list",
@@ -1893,8 +1785,6 @@ static int pg_crl_next_number(struct st_store *s, const char *issuer, uint64_t *
     PGconn *c;
     int err;
 
-    if (s == NULL || number == NULL || !st_given(issuer, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     *number = 0;
     c = conn_get(s, &slot);
     /* One statement: the row lock of the upsert makes concurrent callers take turns, so no two
@@ -1942,8 +1832,6 @@ static int pg_crl_number(struct st_store *s, const char *issuer, uint64_t *numbe
     int64_t v = 0;
     int err;
 
-    if (number == NULL)
-        return AGW_ERR_BAD_INPUT;
     err =
         issuer_int(s, "SELECT number FROM crl_numbers WHERE issuer = $1", "crl_number", issuer, &v);
     *number = err == 0 && v > 0 ? (uint64_t)v : 0;
@@ -1952,8 +1840,6 @@ static int pg_crl_number(struct st_store *s, const char *issuer, uint64_t *numbe
 
 static int pg_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker)
 {
-    if (marker == NULL)
-        return AGW_ERR_BAD_INPUT;
     /* revocations are never undone, so the count only grows: a changed count is a revocation */
     return issuer_int(s,
                       "SELECT count(*) FROM certificates WHERE issuer = $1 AND status = 'revoked'",
@@ -1968,8 +1854,6 @@ static int pg_order_fail_stale(struct st_store *s, int64_t age_s, const char *er
     PGconn *c;
     int err;
 
-    if (s == NULL || n == NULL || error_json == NULL || age_s <= 0)
-        return AGW_ERR_BAD_INPUT;
     *n = 0;
     c = conn_get(s, &slot);
     /* the database's clock: the one clock every instance shares */
@@ -1993,9 +1877,6 @@ static int pg_authz_valid_for(struct st_store *s, const char *account_id, const 
     PGconn *c;
     int err;
 
-    if (s == NULL || found == NULL || !st_given(account_id, ST_ID_LEN) ||
-        !st_given(id_type, ST_STATE_LEN) || !st_given(id_value, 1024))
-        return AGW_ERR_BAD_INPUT;
     *found = 0;
     c = conn_get(s, &slot);
     err = pg_execf(c, "authz_valid_for",
@@ -2016,8 +1897,6 @@ static int pg_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
     PGconn *c;
     int err;
 
-    if (s == NULL || !st_given(id, 65))
-        return AGW_ERR_BAD_INPUT;
     c = conn_get(s, &slot);
     /* the primary key makes a replay at any instance lose: 0 rows inserted */
     err = pg_execf(c, "nonce_redeem",
@@ -2037,8 +1916,6 @@ static int pg_nonce_purge(struct st_store *s, int64_t now)
     PGconn *c;
     int err;
 
-    if (s == NULL)
-        return AGW_ERR_BAD_INPUT;
     c = conn_get(s, &slot);
     err = pg_execf(c, "nonce_purge", "DELETE FROM used_nonces WHERE expires < $1", &r, "i", now);
     PQclear(r);
@@ -2054,8 +1931,6 @@ static int pg_crl_lease(struct st_store *s, const char *issuer, const char *owne
     PGconn *c;
     int err;
 
-    if (s == NULL || granted == NULL || !st_given(issuer, ST_NAME_LEN) || !st_given(owner, 128))
-        return AGW_ERR_BAD_INPUT;
     *granted = 0;
     c = conn_get(s, &slot);
     /* one statement: the upsert's row lock decides between instances racing for the lease */
@@ -2078,9 +1953,6 @@ static int pg_crl_put(struct st_store *s, const char *issuer, uint64_t number, i
     PGconn *c;
     int err;
 
-    if (s == NULL || !st_given(issuer, ST_NAME_LEN) || der == NULL || der_len == 0 ||
-        number > INT64_MAX)
-        return AGW_ERR_BAD_INPUT;
     c = conn_get(s, &slot);
     err = pg_execf(c, "crl_put",
                    "INSERT INTO crls(issuer, number, this_update, next_update, der) "
@@ -2102,8 +1974,6 @@ static int pg_crl_get(struct st_store *s, const char *issuer, uint64_t *number,
     PGconn *c;
     int err;
 
-    if (s == NULL || der == NULL || der_len == NULL || !st_given(issuer, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     *der = NULL;
     *der_len = 0;
     c = conn_get(s, &slot);

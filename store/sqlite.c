@@ -893,8 +893,6 @@ static int sq_schema_version(struct st_store *s, int *version)
     sqlite3 *db;
     int err;
 
-    if (s == NULL || version == NULL)
-        return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = read_version(db, version);
     rd_put(s, slot);
@@ -1061,8 +1059,6 @@ static int sq_eab_create(struct st_store *s, const char *class_name, int64_t now
     sqlite3 *db;
     int err;
 
-    if (s == NULL || out == NULL || hmac_out == NULL || !st_given(class_name, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     err = st_random_id(id, sizeof(id));
     if (err != 0)
         return err;
@@ -1109,8 +1105,6 @@ static int sq_eab_get(struct st_store *s, const char *kid, struct st_eab *out, u
     sqlite3 *db;
     int err;
 
-    if (s == NULL || out == NULL || hmac == NULL || hmac_len == NULL || !st_given(kid, ST_KID_LEN))
-        return AGW_ERR_BAD_INPUT;
     st_copy_str(key, sizeof(key), kid); /* kid may point into *out, which is cleared next */
     kid = key;
     memset(out, 0, sizeof(*out));
@@ -1144,8 +1138,6 @@ static int sq_eab_list(struct st_store *s, struct st_eab **out, size_t *n)
     sqlite3 *db;
     int err;
 
-    if (s == NULL || out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
     *out = NULL;
     *n = 0;
     db = rd_get(s, &slot);
@@ -1164,9 +1156,6 @@ static int sq_eab_revoke(struct st_store *s, const char *kid, int64_t now)
     sqlite3 *db;
     int err;
 
-    /* revoked = 0 means active, so a revocation must carry a real time */
-    if (s == NULL || !st_given(kid, ST_KID_LEN) || now <= 0)
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE eab_keys SET revoked = ? WHERE kid = ? AND revoked = 0", &st,
                "eab_revoke");
@@ -1234,12 +1223,6 @@ static int sq_account_create(struct st_store *s, struct st_account *a, char exis
     sqlite3 *db;
     int err;
 
-    if (existing_id != NULL)
-        existing_id[0] = '\0';
-    if (s == NULL || a == NULL || !st_given(a->thumbprint, sizeof(a->thumbprint)) ||
-        !st_fits(a->status, sizeof(a->status)) || !st_fits(a->eab_kid, sizeof(a->eab_kid)) ||
-        !st_fits(a->class_name, sizeof(a->class_name)) || a->jwk_json == NULL)
-        return AGW_ERR_BAD_INPUT;
     status = a->status[0] != '\0' ? a->status : "valid";
     st_copy_str(class_name, sizeof(class_name), a->class_name);
     err = st_random_id(id, sizeof(id));
@@ -1330,8 +1313,6 @@ static int sq_account_set_contact(struct st_store *s, const char *id, const char
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(id, ST_ID_LEN) || contact_json == NULL)
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET contact_json = ? WHERE id = ?", &st, "account_contact");
     if (err == 0)
@@ -1351,8 +1332,6 @@ static int sq_account_deactivate(struct st_store *s, const char *id)
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET status = 'deactivated' WHERE id = ? AND status = 'valid'",
                &st, "account_deactivate");
@@ -1372,9 +1351,6 @@ static int sq_account_set_key(struct st_store *s, const char *id, const char *th
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !st_given(thumbprint, ST_THUMB_LEN) ||
-        jwk_json == NULL)
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE accounts SET thumbprint = ?, jwk_json = ? WHERE id = ?", &st,
                "account_set_key");
@@ -1422,33 +1398,6 @@ static int order_row(sqlite3_stmt *st, void *out)
     if (err == 0)
         err = col_dup(st, 12, &o->error_json);
     return err;
-}
-
-static int state_ok(const char *state)
-{
-    return st_given(state, ST_STATE_LEN);
-}
-
-static int order_input_ok(const struct st_order *o)
-{
-    return st_given(o->account_id, sizeof(o->account_id)) &&
-           st_fits(o->status, sizeof(o->status)) && st_fits(o->class_name, sizeof(o->class_name)) &&
-           st_fits(o->profile, sizeof(o->profile)) &&
-           st_fits(o->cert_serial, sizeof(o->cert_serial)) &&
-           st_fits(o->replaces, sizeof(o->replaces)) && o->identifiers_json != NULL;
-}
-
-static int authz_input_ok(const struct st_authz *a)
-{
-    return st_fits(a->account_id, sizeof(a->account_id)) &&
-           st_given(a->id_type, sizeof(a->id_type)) && st_fits(a->status, sizeof(a->status)) &&
-           a->id_value != NULL;
-}
-
-static int chal_input_ok(const struct st_new_challenge *c, size_t n_authz)
-{
-    return c->authz_index < n_authz && st_given(c->c.type, sizeof(c->c.type)) &&
-           st_given(c->c.token, sizeof(c->c.token)) && st_fits(c->c.status, sizeof(c->c.status));
 }
 
 static const char *or_default(const char *v, const char *dflt)
@@ -1511,16 +1460,6 @@ static int sq_order_create(struct st_store *s, struct st_order *o, struct st_aut
     sqlite3_stmt *st = NULL;
     sqlite3 *db;
     int err;
-
-    if (s == NULL || o == NULL || !order_input_ok(o) || (n_authz > 0 && authz == NULL) ||
-        (n_chal > 0 && chal == NULL))
-        return AGW_ERR_BAD_INPUT;
-    for (size_t i = 0; i < n_authz; i++)
-        if (!authz_input_ok(&authz[i]))
-            return AGW_ERR_BAD_INPUT;
-    for (size_t j = 0; j < n_chal; j++)
-        if (!chal_input_ok(&chal[j], n_authz))
-            return AGW_ERR_BAD_INPUT;
 
     err = st_random_id(o->id, sizeof(o->id));
     for (size_t i = 0; err == 0 && i < n_authz; i++) {
@@ -1650,8 +1589,6 @@ static int sq_order_transition(struct st_store *s, const char *id, const char *f
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
-        return AGW_ERR_BAD_INPUT;
     db = wb_begin(s, "order_transition", &err);
     if (db == NULL)
         return err;
@@ -1677,9 +1614,6 @@ static int sq_order_count(struct st_store *s, const char *account_id, const char
     sqlite3 *db;
     int rc, err;
 
-    if (s == NULL || n == NULL || !st_given(account_id, ST_ID_LEN) ||
-        (status != NULL && !state_ok(status)))
-        return AGW_ERR_BAD_INPUT;
     *n = 0;
     db = rd_get(s, &slot);
     err = prep(db,
@@ -1730,8 +1664,6 @@ static int count_since(struct st_store *s, const char *sql, const char *what, co
 
 static int sq_order_count_by_eab(struct st_store *s, const char *kid, int64_t since, int64_t *n)
 {
-    if (s == NULL || n == NULL || !st_given(kid, ST_KID_LEN))
-        return AGW_ERR_BAD_INPUT;
     return count_since(s,
                        "SELECT count(*) FROM orders o JOIN accounts a ON a.id = o.account_id "
                        "WHERE a.eab_kid = ? AND o.created >= ?",
@@ -1741,8 +1673,6 @@ static int sq_order_count_by_eab(struct st_store *s, const char *kid, int64_t si
 static int sq_cert_count_by_account(struct st_store *s, const char *account_id, int64_t since,
                                     int64_t *n)
 {
-    if (s == NULL || n == NULL || !st_given(account_id, ST_ID_LEN))
-        return AGW_ERR_BAD_INPUT;
     return count_since(s, "SELECT count(*) FROM certificates WHERE account_id = ? AND issued >= ?",
                        "cert_count_by_account", account_id, since, n);
 }
@@ -1822,8 +1752,6 @@ static int sq_authz_transition(struct st_store *s, const char *id, const char *f
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db, "UPDATE authorizations SET status = ? WHERE id = ? AND status = ?", &st,
                "authz_transition");
@@ -1892,8 +1820,6 @@ static int sq_challenge_transition(struct st_store *s, const char *id, const cha
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(id, ST_ID_LEN) || !state_ok(from) || !state_ok(to))
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db,
                "UPDATE challenges SET status = ?, validated = ?, error_json = ? "
@@ -1973,15 +1899,6 @@ static int cert_row_full(sqlite3_stmt *st, void *out)
     return col_dup(st, 13, &c->chain_pem);
 }
 
-static int cert_input_ok(const struct st_cert *c)
-{
-    return st_given(c->serial, sizeof(c->serial)) && st_fits(c->order_id, sizeof(c->order_id)) &&
-           st_fits(c->account_id, sizeof(c->account_id)) &&
-           st_fits(c->class_name, sizeof(c->class_name)) &&
-           st_given(c->issuer, sizeof(c->issuer)) && c->der != NULL && c->der_len > 0 &&
-           c->der_len <= INT_MAX;
-}
-
 /*
  * The certificate is always recorded "valid", not revoked (c->status, revoked_at and reason are
  * ignored): issuance and revocation are separate, each with its own durable commit.
@@ -1992,8 +1909,6 @@ static int sq_cert_issue(struct st_store *s, const struct st_cert *c)
     sqlite3 *db;
     int err;
 
-    if (s == NULL || c == NULL || !cert_input_ok(c))
-        return AGW_ERR_BAD_INPUT;
     db = wb_begin(s, "cert_issue", &err);
     if (db == NULL)
         return err;
@@ -2067,15 +1982,6 @@ static int sq_cert_list(struct st_store *s, const struct st_cert_filter *f, stru
     sqlite3 *db;
     int err, i = 1, rc = SQLITE_OK;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || f == NULL || (f->class_name != NULL && !st_fits(f->class_name, ST_NAME_LEN)))
-        return AGW_ERR_BAD_INPUT;
-    if (f->status != NULL && strcmp(f->status, "valid") != 0 && strcmp(f->status, "revoked") != 0 &&
-        strcmp(f->status, "expired") != 0)
-        return AGW_ERR_BAD_INPUT;
     if (f->class_name != NULL)
         sql_add(sql, " AND class_name = ?");
     if (f->identifier != NULL)
@@ -2125,9 +2031,6 @@ static int sq_cert_revoke(struct st_store *s, const char *serial, int reason, in
     sqlite3 *db;
     int err;
 
-    if (s == NULL || !st_given(serial, ST_SERIAL_LEN) || reason < 0 || reason > 10 || reason == 7 ||
-        now <= 0)
-        return AGW_ERR_BAD_INPUT;
     db = wr_lock(s);
     err = prep(db,
                "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ? "
@@ -2166,12 +2069,6 @@ static int sq_revoked_list(struct st_store *s, const char *issuer, int64_t since
     sqlite3 *db;
     int err;
 
-    if (out == NULL || n == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *out = NULL;
-    *n = 0;
-    if (s == NULL || !st_given(issuer, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = prep(db,
                "SELECT serial, revoked_at, reason FROM certificates "
@@ -2194,8 +2091,6 @@ static int sq_crl_next_number(struct st_store *s, const char *issuer, uint64_t *
     sqlite3 *db;
     int rc, err;
 
-    if (s == NULL || number == NULL || !st_given(issuer, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     *number = 0;
     db = wr_lock(s);
     /* One statement, so one implicit transaction: no two CRLs can get the same number. */
@@ -2257,8 +2152,6 @@ static int sq_crl_number(struct st_store *s, const char *issuer, uint64_t *numbe
     int64_t v = 0;
     int err;
 
-    if (number == NULL)
-        return AGW_ERR_BAD_INPUT;
     err =
         issuer_int(s, "SELECT number FROM crl_numbers WHERE issuer = ?", "crl_number", issuer, &v);
     *number = err == 0 && v > 0 ? (uint64_t)v : 0;
@@ -2267,8 +2160,6 @@ static int sq_crl_number(struct st_store *s, const char *issuer, uint64_t *numbe
 
 static int sq_revocation_marker(struct st_store *s, const char *issuer, int64_t *marker)
 {
-    if (marker == NULL)
-        return AGW_ERR_BAD_INPUT;
     /* revocations are never undone, so the count only grows: a changed count is a revocation */
     return issuer_int(s,
                       "SELECT count(*) FROM certificates WHERE issuer = ? AND status = 'revoked'",
@@ -2282,11 +2173,6 @@ static int sq_order_replacing(struct st_store *s, const char *cert_id, int64_t n
     sqlite3 *db;
     int rc, err;
 
-    if (found == NULL)
-        return AGW_ERR_BAD_INPUT;
-    *found = 0;
-    if (s == NULL || !st_given(cert_id, sizeof(((struct st_order *)0)->replaces)))
-        return AGW_ERR_BAD_INPUT;
     db = rd_get(s, &slot);
     err = prep(db,
                "SELECT 1 FROM orders WHERE replaces = ? AND status <> 'invalid' AND "
@@ -2380,8 +2266,6 @@ static int sq_order_fail_stale(struct st_store *s, int64_t age_s, const char *er
     long changed = 0;
     int err;
 
-    if (s == NULL || n == NULL || error_json == NULL || age_s <= 0)
-        return AGW_ERR_BAD_INPUT;
     err = sq_write(s, "order_fail_stale",
                    "UPDATE orders SET status = 'invalid', error_json = ?, "
                    "updated = CAST(strftime('%s', 'now') AS INTEGER) WHERE status = 'processing' "
@@ -2399,9 +2283,6 @@ static int sq_authz_valid_for(struct st_store *s, const char *account_id, const 
     sqlite3 *db;
     int rc, err;
 
-    if (s == NULL || found == NULL || !st_given(account_id, ST_ID_LEN) ||
-        !st_given(id_type, ST_STATE_LEN) || !st_given(id_value, 1024))
-        return AGW_ERR_BAD_INPUT;
     *found = 0;
     db = rd_get(s, &slot);
     err = prep(db,
@@ -2424,8 +2305,6 @@ static int sq_authz_valid_for(struct st_store *s, const char *account_id, const 
 
 static int sq_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
 {
-    if (s == NULL || !st_given(id, 65))
-        return AGW_ERR_BAD_INPUT;
     /* a taken primary key is a replay: sql_err() maps it to AGW_ERR_CONFLICT */
     return sq_write(s, "nonce_redeem", "INSERT INTO used_nonces(id, expires) VALUES (?, ?)", NULL,
                     "ti", id, expires);
@@ -2433,8 +2312,6 @@ static int sq_nonce_redeem(struct st_store *s, const char *id, int64_t expires)
 
 static int sq_nonce_purge(struct st_store *s, int64_t now)
 {
-    if (s == NULL)
-        return AGW_ERR_BAD_INPUT;
     return sq_write(s, "nonce_purge", "DELETE FROM used_nonces WHERE expires < ?", NULL, "i",
                     now);
 }
@@ -2445,8 +2322,6 @@ static int sq_crl_lease(struct st_store *s, const char *issuer, const char *owne
     long n = 0;
     int err;
 
-    if (s == NULL || granted == NULL || !st_given(issuer, ST_NAME_LEN) || !st_given(owner, 128))
-        return AGW_ERR_BAD_INPUT;
     *granted = 0;
     err = sq_write(s, "crl_lease",
                    "INSERT INTO crl_leases(issuer, owner, until) VALUES (?1, ?2, ?3 + ?4) "
@@ -2460,9 +2335,6 @@ static int sq_crl_lease(struct st_store *s, const char *issuer, const char *owne
 static int sq_crl_put(struct st_store *s, const char *issuer, uint64_t number, int64_t this_update,
                       int64_t next_update, const unsigned char *der, size_t der_len)
 {
-    if (s == NULL || !st_given(issuer, ST_NAME_LEN) || der == NULL || der_len == 0 ||
-        number > INT64_MAX)
-        return AGW_ERR_BAD_INPUT;
     return sq_write(s, "crl_put",
                     "INSERT INTO crls(issuer, number, this_update, next_update, der) "
                     "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(issuer) DO UPDATE SET "
@@ -2481,8 +2353,6 @@ static int sq_crl_get(struct st_store *s, const char *issuer, uint64_t *number,
     sqlite3 *db;
     int rc, err;
 
-    if (s == NULL || der == NULL || der_len == NULL || !st_given(issuer, ST_NAME_LEN))
-        return AGW_ERR_BAD_INPUT;
     *der = NULL;
     *der_len = 0;
     db = rd_get(s, &slot);
