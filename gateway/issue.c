@@ -140,7 +140,6 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
     struct pol_identifier *ids = NULL;
     json_t *ids_root = NULL;
     size_t n_ids = 0;
-    const unsigned char *p = csr_der;
     X509_REQ *csr = NULL;
     X509 *tbs = NULL;
     unsigned char *tbs_der = NULL;
@@ -162,8 +161,7 @@ int gw_issue_finalize(struct gw_server *srv, struct st_order *o, const struct st
         err = AGW_ERR_INTERNAL;
         goto out;
     }
-    csr = d2i_X509_REQ(NULL, &p, (long)csr_len);
-    if (csr == NULL || p != csr_der + csr_len) {
+    if (pol_csr_decode(csr_der, csr_len, &csr) != 0) {
         snprintf(detail, detail_size, "CSR is not valid DER");
         err = AGW_ERR_BAD_CSR;
         goto out;

@@ -133,6 +133,7 @@ static int open_issuers(struct gw_server *srv)
         hc.timeout_ms = ic->timeout_ms;
         hc.precheck = gw_issue_precheck;
         hc.precheck_arg = srv;
+        hc.cert_libctx = pol_keyless_libctx(); /* pol_check_final() builds the key itself */
         hc.start_unavailable = true; /* serve, answer 503 for signing, connect when it answers */
         err = hsm_secret_read(pin_path, ic->pin_env, &pin);
         if (err != 0) {

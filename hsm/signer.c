@@ -42,6 +42,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -51,6 +52,7 @@
 #include <time.h>
 
 #include <libp11.h>
+#include <openssl/asn1t.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -653,6 +655,7 @@ struct hsm_signer {
     unsigned n_workers, timeout_ms, max_queue, connect_timeout_ms;
     hsm_precheck_fn precheck;
     void *precheck_arg;
+    OSSL_LIB_CTX *cert_libctx; /* borrowed from the caller (hsm_config), or NULL */
     X509 *ca_cert;   /* or NULL (ceremony) */
     char *chain_pem; /* the chain file's text, NUL-terminated, or NULL */
     size_t chain_len;
@@ -766,11 +769,20 @@ struct tbs {
     X509_CRL *crl;
 };
 
-static int tbs_decode(struct tbs *t, const unsigned char *der, size_t len)
+/* A certificate is decoded in cert_libctx when one is configured (hsm_config says why). Signing,
+ * verifying and encoding it take the default context as before: d2i_ex gives the context to the
+ * subject key's decoder only, it does not attach it to the X509. */
+static int tbs_decode(struct tbs *t, OSSL_LIB_CTX *cert_libctx, const unsigned char *der,
+                      size_t len)
 {
     const unsigned char *p = der;
 
-    if (t->op == HSM_OP_SIGN_CERT)
+    if (len == 0 || len > LONG_MAX)
+        return AGW_ERR_BAD_INPUT;
+    if (t->op == HSM_OP_SIGN_CERT && cert_libctx != NULL)
+        t->x = (X509 *)ASN1_item_d2i_ex(NULL, &p, (long)len, ASN1_ITEM_rptr(X509), cert_libctx,
+                                        NULL);
+    else if (t->op == HSM_OP_SIGN_CERT)
         t->x = d2i_X509(NULL, &p, (long)len);
     else
         t->crl = d2i_X509_CRL(NULL, &p, (long)len);
@@ -844,7 +856,7 @@ static int job_sign(struct hsm_signer *s, struct job *j, unsigned char **der, si
     *session_lost = false;
     *der = NULL;
     *der_len = 0;
-    err = tbs_decode(&t, j->tbs, j->tbs_len);
+    err = tbs_decode(&t, s->cert_libctx, j->tbs, j->tbs_len);
     if (err != 0)
         goto fail;
     if (s->ca_cert != NULL &&
@@ -1262,6 +1274,7 @@ static int config_copy(struct hsm_signer *s, const struct hsm_config *cfg, const
     s->connect_timeout_ms = s->timeout_ms > HSM_CONNECT_MIN_MS ? s->timeout_ms : HSM_CONNECT_MIN_MS;
     s->precheck = cfg->precheck;
     s->precheck_arg = cfg->precheck_arg;
+    s->cert_libctx = cfg->cert_libctx;
     return 0;
 }
 

@@ -511,7 +511,8 @@ int pol_build_cert(const struct pol_class *c, const char *profile, const X509_RE
     const struct pol_name *subject_name;
     X509_NAME *subject = NULL;
     X509 *x = NULL;
-    EVP_PKEY *key;
+    const EVP_PKEY *key;
+    EVP_PKEY *owned = NULL;
     bool have_cn = false;
     int64_t not_before, not_after, issuer_not_after;
     int err;
@@ -524,12 +525,10 @@ int pol_build_cert(const struct pol_class *c, const char *profile, const X509_RE
     prof = pol_profile_find(c, profile);
     if (prof == NULL)
         return AGW_ERR_INVALID_PROFILE;
-    key = X509_REQ_get0_pubkey(req);
-    if (key == NULL)
-        return AGW_ERR_BAD_CSR;
-    err = pol_check_key(c, key, NULL, 0);
+    key = pol_pubkey(X509_REQ_get_X509_PUBKEY(req), &owned);
+    err = key == NULL ? AGW_ERR_BAD_CSR : pol_check_key(c, key, NULL, 0);
     if (err != 0)
-        return err;
+        goto fail;
     err = pol_csr_names(req, &names, &n_names, NULL, 0);
     if (err != 0)
         goto fail;
@@ -596,6 +595,7 @@ fail:
     X509_free(x);
     X509_NAME_free(subject);
     free(names);
+    EVP_PKEY_free(owned);
     return err;
 }
 
@@ -897,29 +897,6 @@ static int final_profile(const struct pol_profile *p, const X509 *tbs, const EVP
     return err;
 }
 
-/* The certificate's subject key. A certificate decoded from DER carries it decoded already; one
- * built by pol_build_cert() in this process carries only the CSR's bytes (copy_pubkey), which are
- * decoded here into *owned. */
-static const EVP_PKEY *cert_key(const X509 *x, EVP_PKEY **owned)
-{
-    const EVP_PKEY *key = X509_get0_pubkey(x);
-    unsigned char *der = NULL;
-    const unsigned char *p;
-    int len;
-
-    *owned = NULL;
-    if (key != NULL)
-        return key;
-    ERR_clear_error(); /* X509_get0_pubkey() queues an error for a key it has not decoded */
-    len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &der);
-    p = der;
-    if (len > 0)
-        *owned = d2i_PUBKEY(NULL, &p, len);
-    OPENSSL_free(der);
-    ERR_clear_error();
-    return *owned;
-}
-
 int pol_check_final(const struct pol_class *c, const X509 *tbs, time_t now, char *detail,
                     size_t detail_size)
 {
@@ -934,7 +911,7 @@ int pol_check_final(const struct pol_class *c, const X509 *tbs, time_t now, char
         pol_detail(detail, detail_size, "certificate is not version 3");
         return AGW_ERR_POLICY_REJECTED;
     }
-    key = cert_key(tbs, &owned);
+    key = pol_pubkey(X509_get_X509_PUBKEY(tbs), &owned);
     err = final_serial(tbs, detail, detail_size);
     if (err == 0)
         err = final_extensions(tbs, detail, detail_size);

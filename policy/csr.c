@@ -454,7 +454,7 @@ int pol_check_csr(const struct pol_class *c, const X509_REQ *csr, const struct p
     struct pol_name *names = NULL, *want = NULL;
     const struct pol_name *missing;
     size_t n_names = 0;
-    EVP_PKEY *key;
+    EVP_PKEY *key, *owned = NULL;
     int err;
 
     pol_detail(detail, detail_size, "%s", "");
@@ -465,7 +465,8 @@ int pol_check_csr(const struct pol_class *c, const X509_REQ *csr, const struct p
         pol_detail(detail, detail_size, "CSR version is not 1");
         goto fail;
     }
-    key = X509_REQ_get0_pubkey(req);
+    /* X509_REQ_verify() takes a non-const key in 3.0; it does not modify it */
+    key = (EVP_PKEY *)pol_pubkey(X509_REQ_get_X509_PUBKEY(req), &owned);
     if (key == NULL) {
         pol_detail(detail, detail_size, "CSR public key does not parse");
         goto fail;
@@ -525,5 +526,6 @@ int pol_check_csr(const struct pol_class *c, const X509_REQ *csr, const struct p
 fail:
     free(names);
     free(want);
+    EVP_PKEY_free(owned);
     return err;
 }

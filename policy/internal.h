@@ -210,6 +210,10 @@ int pol_names_from_gens(const GENERAL_NAMES *gens, struct pol_name **out, size_t
 /* The CSR's (or certificate's) CN, normalised like a SAN: 0 with *found false if none. */
 int pol_subject_cn(const X509_NAME *subject, struct pol_name *out, bool *found, char *detail,
                    size_t detail_size);
+/* The key of a SubjectPublicKeyInfo (of a CSR or certificate): the one OpenSSL decoded with it,
+ * else one built from its parts into *owned (der.c; the caller frees *owned). NULL if the key
+ * does not parse. */
+const EVP_PKEY *pol_pubkey(const X509_PUBKEY *spki, EVP_PKEY **owned);
 /* Classifies a key: the enum pol_key_kind bit (0 if none) and a name such as "rsa-1024". */
 unsigned pol_key_kind_of(const EVP_PKEY *key, char *name, size_t name_size);
 /* 0 if the key is allowed by the class, else AGW_ERR_BAD_PUBLIC_KEY with detail. */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <openssl/bn.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
@@ -470,6 +471,113 @@ static void csr_asking_for_ca_is_bad_csr(void)
     CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
     CHECK_STR(detail, "CSR requests a CA certificate");
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(account);
+}
+
+/* ---- CSRs decoded without OpenSSL's key decoder (policy/der.c) ---- */
+
+/* DER of req, decoded again with pol_csr_decode(). */
+static X509_REQ *redecode(X509_REQ *req)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509_REQ(req, &der);
+    X509_REQ *out = NULL;
+
+    CHECK(len > 0);
+    CHECK_INT(pol_csr_decode(der, (size_t)len, &out), 0);
+    OPENSSL_free(der);
+    return out;
+}
+
+static void csr_decode_builds_each_key_kind_from_its_parts(void)
+{
+    EVP_PKEY *keys[] = {ec_key("P-256"), ec_key("P-384"), rsa_key(2048), rsa_key(1024),
+                        ed25519_key(), ec_key("secp256k1")};
+    const char *want_kind[] = {NULL, NULL, NULL, "key type rsa-1024 not allowed",
+                               "key type ed25519 not allowed", "key type ec-secp256k1 not allowed"};
+    EVP_PKEY *account = ec_key("P-256"), *ik = ec_key("P-256"), *got;
+    X509 *issuer = make_issuer(ik, NOW + 3650 * DAY, 1);
+    const char *want[] = {"a.device.test"};
+    char detail[256];
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        X509_REQ *orig = make_csr(keys[i], NULL, "DNS:a.device.test"), *req = redecode(orig);
+        X509 *cert = NULL;
+        unsigned char *der = NULL;
+        const unsigned char *p;
+        int len;
+
+        /* the key was left undecoded: what follows runs on the key built from its parts */
+        CHECK(X509_REQ_get0_pubkey(req) == NULL);
+        ERR_clear_error();
+        if (want_kind[i] != NULL) {
+            CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)),
+                      AGW_ERR_BAD_PUBLIC_KEY);
+            CHECK(strncmp(detail, want_kind[i], strlen(want_kind[i])) == 0);
+        } else {
+            CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)), 0);
+            /* the certificate carries the CSR's key, as the ordinary decoder reads it */
+            CHECK_INT(pol_build_cert(cls, NULL, req, issuer, NOW, &cert), 0);
+            CHECK(X509_sign(cert, ik, EVP_sha256()) > 0);
+            len = i2d_X509(cert, &der);
+            p = der;
+            X509_free(cert);
+            cert = len > 0 ? d2i_X509(NULL, &p, len) : NULL;
+            got = cert != NULL ? X509_get0_pubkey(cert) : NULL;
+            CHECK(got != NULL && EVP_PKEY_eq(got, keys[i]) == 1);
+            CHECK_INT(pol_check_final(cls, cert, NOW, detail, sizeof(detail)), 0);
+            OPENSSL_free(der);
+            X509_free(cert);
+        }
+        X509_REQ_free(req);
+        X509_REQ_free(orig);
+        EVP_PKEY_free(keys[i]);
+    }
+    X509_free(issuer);
+    EVP_PKEY_free(ik);
+    EVP_PKEY_free(account);
+}
+
+static void csr_decode_refuses_trailing_bytes_and_point_off_curve(void)
+{
+    EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
+    const char *want[] = {"a.device.test"};
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test"), *bad = NULL;
+    unsigned char *der = NULL, *point;
+    size_t point_len = 0;
+    int len = i2d_X509_REQ(req, &der);
+    char detail[256];
+
+    CHECK(len > 100);
+    CHECK_INT(pol_csr_decode(der, (size_t)len - 1, &bad), AGW_ERR_BAD_CSR);
+    CHECK(bad == NULL);
+    unsigned char *longer = malloc((size_t)len + 1);
+    memcpy(longer, der, (size_t)len);
+    longer[len] = 0;
+    CHECK_INT(pol_csr_decode(longer, (size_t)len + 1, &bad), AGW_ERR_BAD_CSR);
+    CHECK_INT(pol_csr_decode(der, 0, &bad), AGW_ERR_BAD_CSR);
+    free(longer);
+
+    /* the uncompressed point 04||x||y with y changed: the same DER shape, not on the curve */
+    CHECK(EVP_PKEY_get_octet_string_param(key, "encoded-pub-key", NULL, 0, &point_len) == 1);
+    point = malloc(point_len);
+    CHECK(EVP_PKEY_get_octet_string_param(key, "encoded-pub-key", point, point_len,
+                                          &point_len) == 1);
+    for (int i = 0; i + (int)point_len <= len; i++) {
+        if (memcmp(der + i, point, point_len) == 0) {
+            der[i + (int)point_len - 1] ^= 0x01;
+            break;
+        }
+    }
+    CHECK_INT(pol_csr_decode(der, (size_t)len, &bad), 0);
+    CHECK_INT(csr_check(bad, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
+    CHECK_STR(detail, "CSR public key does not parse");
+    CHECK_INT((int)ERR_peek_error(), 0);
+    X509_REQ_free(bad);
+    free(point);
+    OPENSSL_free(der);
     X509_REQ_free(req);
     EVP_PKEY_free(key);
     EVP_PKEY_free(account);
@@ -1335,6 +1443,8 @@ int main(void)
     RUN(csr_tampered_signature_is_bad_csr);
     RUN(csr_email_or_uri_san_is_bad_csr);
     RUN(csr_asking_for_ca_is_bad_csr);
+    RUN(csr_decode_builds_each_key_kind_from_its_parts);
+    RUN(csr_decode_refuses_trailing_bytes_and_point_off_curve);
     RUN(cert_serial_random_positive_128_bits);
     RUN(cert_validity_90_days_backdated_60_s);
     RUN(cert_validity_capped_at_issuer_not_after);

@@ -15,8 +15,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -870,6 +872,7 @@ struct pre_state {
     pthread_cond_t cv;
     int calls, finished;
     bool entered, open;
+    bool key_decoded; /* the last precheck's certificate came with its subject key decoded */
     unsigned sleep_ms;
     char last_class[64];
     char last_cn[64];
@@ -886,6 +889,8 @@ static int precheck(void *arg, const char *device_class, const X509 *tbs)
              device_class != NULL ? device_class : "(null)");
     X509_NAME_get_text_by_NID((X509_NAME *)subject, NID_commonName, ps->last_cn,
                               sizeof(ps->last_cn));
+    ps->key_decoded = X509_get0_pubkey(tbs) != NULL;
+    ERR_clear_error(); /* X509_get0_pubkey() queues an error for a key it has not decoded */
     pthread_mutex_unlock(&ps->lock);
     if (device_class != NULL && strcmp(device_class, "refuse") == 0)
         return AGW_ERR_POLICY_REJECTED;
@@ -975,6 +980,50 @@ done:
     hsm_signer_free(s);
     fx_done(&f);
     pre_state_destroy(&ps);
+}
+
+/* With cert_libctx (the gateway passes policy's keyless context) the precheck sees the subject key
+ * undecoded, and the signed certificate still carries that key, bit for bit. */
+static void cert_decoded_in_the_configured_libctx(void)
+{
+    OSSL_LIB_CTX *keyless = OSSL_LIB_CTX_new();
+    struct hsm_signer *s = NULL;
+    struct pre_state ps;
+    EVP_PKEY *leaf_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *tmpl = NULL, *cert = NULL;
+    struct fx f;
+
+    pre_state_init(&ps);
+    CHECK(keyless != NULL && OSSL_PROVIDER_load(keyless, "null") != NULL);
+    CHECK_INT(fx_setup(&f, HSM_KEY_EC_P256), 0);
+    f.cfg.precheck = precheck;
+    f.cfg.precheck_arg = &ps;
+    CHECK_INT(hsm_signer_new(&f.cfg, USER_PIN, &s), 0); /* without: the key comes decoded */
+    if (s == NULL)
+        goto done;
+    CHECK_INT(sign_leaf_ok(s, "allow", 2), 0);
+    CHECK(ps.key_decoded);
+    hsm_signer_free(s);
+    s = NULL;
+
+    f.cfg.cert_libctx = keyless;
+    CHECK_INT(hsm_signer_new(&f.cfg, USER_PIN, &s), 0);
+    if (s == NULL)
+        goto done;
+    tmpl = cert_template(X509_get_subject_name(hsm_ca_cert(s)), "leaf", leaf_key, 3, false);
+    CHECK_INT(sign_cert(s, tmpl, "allow", &cert), 0);
+    CHECK_INT(ps.calls, 2);
+    CHECK(!ps.key_decoded);
+    CHECK(cert != NULL && EVP_PKEY_eq(X509_get0_pubkey(cert), leaf_key) == 1);
+    CHECK(cert != NULL && X509_verify(cert, X509_get0_pubkey(hsm_ca_cert(s))) == 1);
+done:
+    X509_free(cert);
+    X509_free(tmpl);
+    EVP_PKEY_free(leaf_key);
+    hsm_signer_free(s);
+    fx_done(&f);
+    pre_state_destroy(&ps);
+    OSSL_LIB_CTX_free(keyless);
 }
 
 static void deadline_answers_in_time_and_frees_clean(void)
@@ -1119,6 +1168,7 @@ int main(void)
     RUN(start_refusals);
     RUN(crl_signature_verifies);
     RUN(precheck_refusal_signs_nothing);
+    RUN(cert_decoded_in_the_configured_libctx);
     RUN(deadline_answers_in_time_and_frees_clean);
     RUN(full_queue_answers_at_once);
     RUN(bad_requests_are_refused);
