@@ -399,7 +399,10 @@ static int pkey_fromdata(const char *type, OSSL_PARAM *params, bool check, EVP_P
             err = AGW_ERR_NOMEM;
             goto fail;
         }
-        if (EVP_PKEY_public_check(check_ctx) != 1)
+        /* The quick check is on the curve, not infinity, coordinates in range: all of it for
+         * P-256/384/521, whose cofactor is 1, so every such point has the group's prime order.
+         * The full check adds n*Q == O, a scalar multiplication as costly as a verification. */
+        if (EVP_PKEY_public_check_quick(check_ctx) != 1)
             goto fail;
     }
     *out = pkey;
@@ -510,7 +513,7 @@ static int ec_from_jwk(const json_t *jwk, EVP_PKEY **out)
     params = OSSL_PARAM_BLD_to_param(bld);
     if (params == NULL)
         goto fail;
-    /* fromdata refuses points off the curve; public_check adds range and order checks */
+    /* fromdata refuses points off the curve; the check adds the range checks */
     err = pkey_fromdata("EC", params, true, out);
 fail:
     OSSL_PARAM_free(params);
