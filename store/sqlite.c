@@ -14,8 +14,9 @@
  * certificate (st_cert_issue, st_cert_revoke, st_crl_next_number). Notes §4: FULL costs one WAL
  * fsync per commit, ~9 000 commits/s on the target disk, still over 10x the token's signing rate,
  * and one setting means no commit can be made with the wrong one by accident. The writes of the
- * issuance path share commits under concurrency (group commit, wb_begin/wb_end): fewer fsyncs, each
- * still FULL, and no call returns before the commit holding its work is on disk.
+ * issuance path and account creation share commits under concurrency (group commit,
+ * wb_begin/wb_end): fewer fsyncs, each still FULL, and no call returns before the commit holding
+ * its work is on disk.
  *
  * Statements. Every value is a bound parameter. The only SQL assembled at run time is
  * st_cert_list's WHERE clause, and only from fixed fragments chosen by which filters are set.
@@ -521,7 +522,7 @@ static void wr_unlock(struct st_store *s)
 
 /*
  * Group commit, for the writes of the issuance path (st_order_create, st_order_transition,
- * st_cert_issue). With synchronous=FULL every COMMIT is a WAL fsync with write_lock held, so under
+ * st_order_start_processing, st_cert_issue) and of enrolment (st_account_create). With synchronous=FULL every COMMIT is a WAL fsync with write_lock held, so under
  * concurrency the fsyncs queue one behind the other. Here an operation runs inside SAVEPOINT b of
  * a shared "batch" transaction; when it is done and other writers are already queued on
  * write_lock, it leaves the transaction open for them and waits; the last writer of a burst (or
@@ -1229,10 +1230,10 @@ static int sq_account_create(struct st_store *s, struct st_account *a, char exis
     if (err != 0)
         return err;
 
-    db = wr_lock(s);
-    err = tx_begin(db, "account_create");
-    if (err != 0)
-        goto unlock;
+    /* group commit: a burst of devices enrolling at once shares the fsyncs */
+    db = wb_begin(s, "account_create", &err);
+    if (db == NULL)
+        return err;
     if (a->eab_kid[0] != '\0') {
         err = prep(db,
                    "UPDATE eab_keys SET n_accounts = n_accounts + 1 "
@@ -1263,7 +1264,7 @@ static int sq_account_create(struct st_store *s, struct st_account *a, char exis
         stmt_done(st);
         st = NULL;
         if (err != 0)
-            goto rollback;
+            goto end;
     }
     err = prep(db, "INSERT INTO accounts(" ACCOUNT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)", &st,
                "account_create");
@@ -1274,22 +1275,16 @@ static int sq_account_create(struct st_store *s, struct st_account *a, char exis
     if (err == 0)
         err = step_done(db, st, "account_create");
     stmt_done(st);
-    if (err != 0)
-        goto rollback;
-    err = tx_commit(db, "account_create");
-    if (err != 0)
-        goto rollback;
-    wr_unlock(s);
-    st_copy_str(a->id, sizeof(a->id), id);
-    st_copy_str(a->status, sizeof(a->status), status);
-    st_copy_str(a->class_name, sizeof(a->class_name), class_name);
-    return 0;
-rollback:
-    tx_rollback(db);
+    /* the failed INSERT changed nothing; the holder is read before wb_end() rolls back */
     if (err == AGW_ERR_CONFLICT && existing_id != NULL)
         account_holder(db, a->thumbprint, existing_id);
-unlock:
-    wr_unlock(s);
+end:
+    err = wb_end(s, err); /* 0: committed (synchronous=FULL), maybe with other operations */
+    if (err == 0) {
+        st_copy_str(a->id, sizeof(a->id), id);
+        st_copy_str(a->status, sizeof(a->status), status);
+        st_copy_str(a->class_name, sizeof(a->class_name), class_name);
+    }
     return err;
 }
 
