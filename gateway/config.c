@@ -67,6 +67,8 @@ static const cyaml_schema_field_t store_fields[] = {
     OSTR("path", struct gw_store_cfg, path),
     OSTR("conninfo_file", struct gw_store_cfg, conninfo_file),
     OUINT("pool_size", struct gw_store_cfg, pool_size),
+    CYAML_FIELD_BOOL_PTR("prepared_statements", CYAML_FLAG_POINTER | CYAML_FLAG_OPTIONAL,
+                         struct gw_store_cfg, prepared_statements),
     CYAML_FIELD_END,
 };
 
@@ -230,9 +232,12 @@ static int validate(struct gw_config *c, const char *path, char *err, size_t siz
                     d);
             return AGW_ERR_BAD_CONFIG;
         }
-        if (!pg && (c->store->conninfo_file != NULL || c->store->pool_size != 0)) {
+        if (!pg && (c->store->conninfo_file != NULL || c->store->pool_size != 0 ||
+                    c->store->prepared_statements != NULL)) {
             set_err(err, size, path, "store.%s is for driver postgresql",
-                    c->store->conninfo_file != NULL ? "conninfo_file" : "pool_size");
+                    c->store->conninfo_file != NULL ? "conninfo_file"
+                    : c->store->pool_size != 0      ? "pool_size"
+                                                    : "prepared_statements");
             return AGW_ERR_BAD_CONFIG;
         }
         if (c->store->pool_size > 64) {
@@ -502,6 +507,7 @@ int gw_config_store(const struct gw_config *c, struct st_config *out, char **own
     }
     out->driver = "postgresql";
     out->pool_size = c->store->pool_size;
+    out->no_prepare = c->store->prepared_statements != NULL && !*c->store->prepared_statements;
     if (c->store->conninfo_file != NULL) {
         file = gw_config_path(c, c->store->conninfo_file);
         if (file == NULL)

@@ -35,13 +35,15 @@ struct gw_default_class {
     unsigned validity_days;
 };
 
-/* store: {driver, path, conninfo_file, pool_size}; the alternative to store_path (exactly one is given). */
+/* store: {driver, path, conninfo_file, pool_size, prepared_statements}; the alternative to store_path (exactly one is given). */
 struct gw_store_cfg {
     char *driver;        /* "sqlite" (default) or "postgresql" */
     char *path;          /* sqlite: the database file */
     char *conninfo_file; /* postgresql: libpq conninfo, read at start (0600: it may hold the
                           * password); absent: the environment variable ACMEGW_STORE_CONNINFO */
     unsigned pool_size;  /* postgresql: connections per gateway, 1..64; 0: 8 (workers + 2) */
+    bool *prepared_statements; /* postgresql: NULL or true: prepare each statement once per
+                                * connection; false: never (PgBouncer in transaction mode < 1.21) */
 };
 
 struct gw_config {

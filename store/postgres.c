@@ -25,9 +25,15 @@
  * Durability. Each session runs SET synchronous_commit = on (the server default, set anyway so a
  * database- or role-level "off" cannot weaken it): COMMIT returns only after the WAL is flushed.
  *
- * Statements. Every value is a parameter of PQexecParams (text format; BYTEA binary). The only
- * SQL assembled at run time is st_cert_list's WHERE clause, from fixed fragments and parameter
- * numbers. Fixed SQL without values (BEGIN, COMMIT, migrations) goes through PQexec.
+ * Statements. Every value is a parameter (text format; BYTEA binary). The only SQL assembled at
+ * run time is st_cert_list's WHERE clause, from fixed fragments and parameter numbers. Fixed SQL
+ * without values (BEGIN, COMMIT, migrations) goes through PQexec. A statement with parameters is
+ * prepared once per connection (PQprepare, named acmegw_N) and executed by name after that: like
+ * SQLite's statement cache, it spares the server a parse and plan per call. The cache of each
+ * connection hangs on the PGconn (libpq's event data), is emptied when libpq resets the connection
+ * (the server forgets its statements then) and freed with it. st_config.no_prepare turns it off,
+ * for a pooler between us and the server that cannot keep named statements (PgBouncer in
+ * transaction mode before 1.21).
  *
  * Migrations mirror sqlite.c's numbering (same versions, PostgreSQL types: BIGINT, TEXT, BYTEA;
  * a seq identity column stands in for SQLite's rowid where lists are in insertion order). Each
@@ -40,11 +46,13 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <libpq-events.h>
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -57,11 +65,13 @@
 #define PG_MAX_CONNS     64
 #define PG_MAX_PARAMS   16
 #define PG_SQL_MAX      1024
+#define PG_MAX_PREPARED 128 /* per connection: ~40 fixed statements, st_cert_list's forms */
 #define PG_MIGRATE_LOCK "7162863054325281585" /* any constant: "acmegw" migrations, by agreement   \
                                                */
 
 struct pg_store {
     struct st_store base;      /* first member: the ops table (store/internal.h) */
+    bool prepare;              /* prepare statements (conn_open); false: st_config.no_prepare */
     pthread_mutex_t pool_lock; /* guards busy; never held across I/O */
     pthread_cond_t pool_cond;  /* signalled when a connection is returned */
     PGconn *conns[PG_MAX_CONNS];
@@ -254,6 +264,106 @@ static int pg_err(PGconn *c, const PGresult *r, const char *op)
     return AGW_ERR_STORE;
 }
 
+/* The statements prepared on one connection: statement i is named acmegw_i on the server. Used
+ * by the one thread that holds the connection; lives as long as the PGconn (stmt_event). */
+struct stmt_cache {
+    size_t n;
+    uint64_t hash[PG_MAX_PREPARED];
+    char *sql[PG_MAX_PREPARED]; /* owned copies */
+};
+
+static void stmt_cache_clear(struct stmt_cache *sc)
+{
+    for (size_t i = 0; i < sc->n; i++)
+        free(sc->sql[i]);
+    sc->n = 0;
+}
+
+/* libpq event procedure: a reset connection has no statements left on the server; a finished one
+ * takes its cache along. */
+static int stmt_event(PGEventId id, void *info, void *pass)
+{
+    struct stmt_cache *sc = NULL;
+
+    (void)pass;
+    if (id == PGEVT_CONNRESET)
+        sc = PQinstanceData(((PGEventConnReset *)info)->conn, stmt_event);
+    else if (id == PGEVT_CONNDESTROY)
+        sc = PQinstanceData(((PGEventConnDestroy *)info)->conn, stmt_event);
+    if (sc != NULL)
+        stmt_cache_clear(sc);
+    if (sc != NULL && id == PGEVT_CONNDESTROY)
+        free(sc);
+    return 1;
+}
+
+/* Gives c a statement cache; 0, or AGW_ERR_NOMEM (c then works unprepared). */
+static int stmt_cache_attach(PGconn *c)
+{
+    struct stmt_cache *sc = calloc(1, sizeof(*sc));
+
+    if (sc == NULL)
+        return AGW_ERR_NOMEM;
+    if (PQregisterEventProc(c, stmt_event, "acmegw statements", NULL) != 1 ||
+        PQsetInstanceData(c, stmt_event, sc) != 1) {
+        free(sc);
+        return AGW_ERR_NOMEM;
+    }
+    return 0;
+}
+
+static uint64_t sql_hash(const char *sql) /* FNV-1a */
+{
+    uint64_t h = 14695981039346656037u;
+
+    for (const unsigned char *p = (const unsigned char *)sql; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211u;
+    return h;
+}
+
+/* Finds sql among c's prepared statements, preparing it first if needed. Returns 1 with its name
+ * in name; 0 to run it unprepared (c has no cache, the cache is full, the transaction failed
+ * already: then the statement reports that); -1 when the server refused to prepare it (a lock
+ * wait past statement_timeout, a lost connection): *fail is that result, to be reported as the
+ * call's error, not tried again unprepared. */
+static int stmt_prepared(PGconn *c, const char *sql, const struct pg_params *p, char *name,
+                         size_t name_size, PGresult **fail)
+{
+    struct stmt_cache *sc = PQinstanceData(c, stmt_event);
+    uint64_t h;
+    PGresult *r;
+    size_t i;
+    char *copy;
+
+    *fail = NULL;
+    if (sc == NULL)
+        return 0;
+    h = sql_hash(sql);
+    for (i = 0; i < sc->n; i++) {
+        if (sc->hash[i] == h && strcmp(sc->sql[i], sql) == 0)
+            break;
+    }
+    snprintf(name, name_size, "acmegw_%zu", i);
+    if (i < sc->n)
+        return 1;
+    if (sc->n >= PG_MAX_PREPARED || PQtransactionStatus(c) == PQTRANS_INERROR)
+        return 0;
+    copy = strdup(sql);
+    if (copy == NULL)
+        return 0;
+    r = PQprepare(c, name, sql, p->n, NULL);
+    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        free(copy);
+        *fail = r;
+        return -1;
+    }
+    PQclear(r);
+    sc->hash[sc->n] = h;
+    sc->sql[sc->n] = copy;
+    sc->n++;
+    return 1;
+}
+
 /*
  * Runs sql with the parameters in p. On success *out (if not NULL) owns the result: PQclear().
  * Returns 0 or the translated error (the result is cleared then).
@@ -261,9 +371,10 @@ static int pg_err(PGconn *c, const PGresult *r, const char *op)
 static int pg_exec(PGconn *c, const char *op, const char *sql, const struct pg_params *p,
                    PGresult **out)
 {
-    PGresult *r;
+    char name[32];
+    PGresult *r = NULL;
     ExecStatusType rs;
-    int err;
+    int err, prepared = 0;
 
     if (out != NULL)
         *out = NULL;
@@ -272,11 +383,24 @@ static int pg_exec(PGconn *c, const char *op, const char *sql, const struct pg_p
         return AGW_ERR_INTERNAL;
     }
     if (p != NULL)
+        prepared = stmt_prepared(c, sql, p, name, sizeof(name), &r); /* -1: r is its error */
+    if (prepared > 0)
+        r = PQexecPrepared(c, name, p->n, p->values, p->lengths, p->formats, 0);
+    else if (prepared == 0 && p != NULL)
         r = PQexecParams(c, sql, p->n, NULL, p->values, p->lengths, p->formats, 0);
-    else
+    else if (p == NULL)
         r = PQexec(c, sql);
     rs = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (rs != PGRES_COMMAND_OK && rs != PGRES_TUPLES_OK) {
+        const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+        struct stmt_cache *sc = PQinstanceData(c, stmt_event);
+
+        /* 26000: the server lost the statement (a pooler switched sessions under us); 0A000:
+         * "cached plan must not change result type" after a schema change. Prepare anew next
+         * time; this call fails. */
+        if (prepared > 0 && sc != NULL && state != NULL &&
+            (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0))
+            stmt_cache_clear(sc);
         err = pg_err(c, r, op);
         PQclear(r);
         return err;
@@ -455,7 +579,7 @@ static int conn_setup(PGconn *c)
                    NULL, NULL);
 }
 
-static int conn_open(const char *conninfo, PGconn **out)
+static int conn_open(const char *conninfo, bool prepare, PGconn **out)
 {
     PGconn *c;
     int err;
@@ -481,6 +605,8 @@ static int conn_open(const char *conninfo, PGconn **out)
         return AGW_ERR_STORE;
     }
     err = conn_setup(c);
+    if (err == 0 && prepare)
+        err = stmt_cache_attach(c);
     if (err != 0) {
         PQfinish(c);
         return err;
@@ -624,6 +750,7 @@ static int pg_open(const struct st_config *cfg, const unsigned char seal_key[32]
         return AGW_ERR_NOMEM;
     s->base.ops = &st_postgres_ops;
     s->n_conns = cfg->pool_size != 0 ? cfg->pool_size : PG_DEFAULT_CONNS;
+    s->prepare = !cfg->no_prepare;
     s->conninfo_len = strlen(conninfo);
     s->conninfo = malloc(s->conninfo_len + 1);
     if (s->conninfo == NULL) {
@@ -641,7 +768,7 @@ static int pg_open(const struct st_config *cfg, const unsigned char seal_key[32]
     s->locks_ready = 1;
     memcpy(s->seal_key, seal_key, ST_SEAL_KEY_LEN);
     for (size_t i = 0; i < s->n_conns; i++) {
-        err = conn_open(s->conninfo, &s->conns[i]);
+        err = conn_open(s->conninfo, s->prepare, &s->conns[i]);
         if (err != 0)
             goto fail;
     }

@@ -22,6 +22,7 @@
 #define AGW_STORE_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define ST_ID_LEN     32  /* 22 chars + NUL, room to spare */
@@ -51,6 +52,8 @@ struct st_config {
     const char *conninfo; /* postgresql: a libpq connection string; may hold the password, so it
                            * is never logged and never passed on a command line */
     unsigned pool_size;   /* postgresql: connections, 1..64 (one per concurrent caller); 0: 8 */
+    bool no_prepare;      /* postgresql: run every statement unprepared (a pooler in between that
+                           * cannot keep named statements); default false: prepared once each */
 };
 
 /*

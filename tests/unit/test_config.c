@@ -117,10 +117,24 @@ static void config_store_pool_size(void)
         CHECK_INT(gw_config_store(c, &sc, &owned), 0);
         CHECK_STR(sc.driver, "postgresql");
         CHECK_INT(sc.pool_size, 16);
+        CHECK(!sc.no_prepare); /* statements are prepared unless the config says otherwise */
         CHECK(sc.conninfo != NULL && strstr(sc.conninfo, "dbname=acmegw") != NULL);
         gw_config_store_free(owned);
         gw_config_free(c);
     }
+    replace_into(buf, sizeof(buf), "store_path: acmegw.db\n",
+                 "store:\n  driver: postgresql\n  conninfo_file: conninfo\n"
+                 "  prepared_statements: false\n");
+    CHECK_INT(load_text(buf, &c, err, sizeof(err)), 0);
+    if (c != NULL) {
+        CHECK_INT(gw_config_store(c, &sc, &owned), 0);
+        CHECK(sc.no_prepare);
+        gw_config_store_free(owned);
+        gw_config_free(c);
+    }
+    replace_into(buf, sizeof(buf), "store_path: acmegw.db\n",
+                 "store:\n  driver: sqlite\n  path: a.db\n  prepared_statements: true\n");
+    config_refuses(buf, "prepared_statements");
     replace_into(buf, sizeof(buf), "store_path: acmegw.db\n",
                  "store:\n  driver: postgresql\n  conninfo_file: conninfo\n  pool_size: 65\n");
     config_refuses(buf, "pool_size");

@@ -39,7 +39,7 @@ static char tmp[4096];
 /* PostgreSQL pass: the maintenance conninfo, and the databases made so far (dropped in main). */
 static const char *pg_base;
 static int use_pg;
-#define MAX_PG_DBS 32
+#define MAX_PG_DBS 64
 static char pg_dbs[MAX_PG_DBS][64];
 static int n_pg_dbs;
 
@@ -89,11 +89,16 @@ static int pg_create_db(const char *name, char *out, size_t out_size)
 
 /* st_open() for the backend under test: db is a file path or a conninfo. */
 static unsigned pg_pool_size; /* PostgreSQL connections per store; 0: the default */
+static bool pg_no_prepare;    /* PostgreSQL: every statement unprepared (st_config.no_prepare) */
 
 static int store_open(const char *db, const unsigned char key[32], struct st_store **out)
 {
     struct st_config cfg = {
-        .driver = "postgresql", .path = NULL, .conninfo = db, .pool_size = pg_pool_size};
+        .driver = "postgresql",
+        .path = NULL,
+        .conninfo = db,
+        .pool_size = pg_pool_size,
+        .no_prepare = pg_no_prepare};
 
     if (!use_pg)
         return st_open(db, key, out);
@@ -1875,6 +1880,35 @@ static void pg_statement_timeout_ends_a_blocked_call(void)
     st_close(fx.s);
 }
 
+/* The server ends every session of the store (a restart, a failover): the call that finds its
+ * connection dead fails, the connection is reset, and the statements prepared on the old session
+ * are prepared again on the new one instead of being executed by a name the server forgot. */
+static void pg_prepared_statements_follow_a_reset_connection(void)
+{
+    struct fixture fx;
+    struct st_eab e, got;
+    unsigned char hmac[ST_HMAC_MAX];
+    size_t hmac_len = 0;
+    char sql[4400];
+    int fails = 0;
+
+    CHECK_INT(fixture_open(&fx, "reset"), 0);
+    CHECK_INT(st_eab_create(fx.s, "default", 1000, &e, hmac), 0);
+    for (int i = 0; i < 3; i++) /* prepared on the first call, executed by name after */
+        CHECK_INT(st_eab_get(fx.s, e.kid, &got, hmac, &hmac_len), 0);
+    /* fx.db is pg_base (which may name a dbname) plus the test's own dbname, last */
+    snprintf(sql, sizeof(sql),
+             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'",
+             strrchr(fx.db, '=') + 1);
+    CHECK_INT(pg_exec_raw(pg_base, sql), 0);
+    for (int i = 0; i < 4; i++) {
+        if (st_eab_get(fx.s, e.kid, &got, hmac, &hmac_len) != 0)
+            fails++;
+    }
+    CHECK_INT(fails, 1); /* the call that met the dead session; every later one works */
+    st_close(fx.s);
+}
+
 static void pg_bad_conninfo_is_a_store_error(void)
 {
     struct st_config cfg = {.driver = "postgresql", .path = NULL, .conninfo = NULL};
@@ -1949,10 +1983,16 @@ int main(void)
         RUN(concurrent_account_creation);
         RUN(certificate_quota_holds_under_concurrent_finalizes);
         pg_pool_size = 0;
+        RUN(pg_prepared_statements_follow_a_reset_connection);
+        pg_no_prepare = true; /* behind a pooler that cannot keep named statements */
+        RUN(accounts_lifecycle);
+        RUN(certificates_issue_revoke_list);
+        RUN(pg_prepared_statements_follow_a_reset_connection);
+        pg_no_prepare = false;
         for (int i = 0; i < n_pg_dbs; i++) {
             char sql[4096];
 
-            snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", pg_dbs[i]);
+            snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %.63s WITH (FORCE)", pg_dbs[i]);
             CHECK_INT(pg_exec_raw(pg_base, sql), 0);
         }
     } else {
