@@ -20,10 +20,11 @@
 # acmegw-bench issue at each concurrency against both (alternating, so background load hits
 # both alike; Pebble's with --serialize-authz, see start_pebble); with BENCH_SOAK, a soak run of
 # acmegw alone (issue for BENCH_SOAK s, its VmRSS sampled every 30 s; the target is zero errors,
-# no stall and RSS growing less than 10 % over 10 minutes); nonce and accounts modes, the
+# no stall and RSS growing less than 10 % over 10 minutes); nonce and accounts modes, newNonce
+# with wrk (installed if missing; acmegw over HTTPS and its plain-http listener, Pebble), the
 # crypto floor (openssl speed; acmegw-bench hsm-sign against the same SoftHSM2 token), and a perf
 # profile of the gateway at c=8.
-# pebble is a benchmark-only dependency: installed here, not in tools/deps.sh.
+# pebble and wrk are benchmark-only dependencies: installed here, not in tools/deps.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,6 +70,7 @@ free_port() {
 }
 
 install_missing pebble
+install_missing wrk || true # the newNonce rate is measured with wrk where it can be had
 [ "${BENCH_PERF:-1}" = 1 ] && { install_missing linux-perf || BENCH_PERF=0; }
 log "release build in $BUILD"
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
@@ -210,6 +212,43 @@ for srv in acmegw pebble; do
     run "nonce-$srv" "$srv" nonce 8 "$NONCE_DURATION"
     run "accounts-$srv" "$srv" accounts 8 "$NONCE_DURATION"
 done
+# newNonce with wrk (2 threads, 64 keep-alive connections): a C load generator that costs the
+# shared cores far less per request than acmegw-bench, so more of the machine is the server's.
+# acmegw over HTTPS and over its plain-http listener (behind a TLS-terminating balancer), Pebble
+# over HTTPS (it has no plain listener). The gateway runs its default loop threads: one per core.
+wrk_run() { # name, url, pid: writes $TMP/res/name.json (per_s, latency_ms.p99, server CPU per op)
+    local name=$1 url=$2 pid=$3 t0 t1
+    command -v wrk >/dev/null || return 0
+    log "wrk newNonce $name"
+    t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    wrk -t2 -c64 -d"${NONCE_DURATION}s" --latency "$url" >"$TMP/res/$name.txt" 2>&1 || true
+    t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    "$PY" - "$TMP/res/$name.txt" "$((t1 - t0))" "$(getconf CLK_TCK)" >"$TMP/res/$name.json" <<'PYEOF'
+import json, re, sys
+text, ticks, hz = open(sys.argv[1]).read(), int(sys.argv[2]), int(sys.argv[3])
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+n = re.search(r"(\d+) requests in", text)
+rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+out = {}
+if n and rate:
+    count = int(n.group(1))
+    out = {"per_s": float(rate.group(1)), "operations": count,
+           "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, errs.groups())) if errs else 0),
+           "server": {"cpu_ms_per_op": ticks * 1000.0 / hz / count if count else None}}
+    if p99:
+        out["latency_ms"] = {"p99": ms(p99.group(1), p99.group(2))}
+print(json.dumps(out))
+PYEOF
+}
+PLAIN_URL=${ACMEGW_CRL_URL_BASE:-}
+wrk_run wrk-nonce-acmegw-tls "${ACMEGW_DIRECTORY%/directory}/new-nonce" "$ACMEGW_PID"
+[ -n "$PLAIN_URL" ] && wrk_run wrk-nonce-acmegw-plain "$PLAIN_URL/new-nonce" "$ACMEGW_PID"
+start_pebble
+wrk_run wrk-nonce-pebble-tls "https://127.0.0.1:$PEBBLE_PORT/nonce-plz" "$PEBBLE_PID"
 uptime >"$TMP/res/load-after.txt"
 
 # ------------------------------------------------------------------ crypto floor
@@ -442,6 +481,22 @@ for mode in ("nonce", "accounts"):
         other.append("| %s (c=8) | %s | %s | %s | %s | %s |" % (
             mode, srv, num(j.get("per_s")), num(j.get("latency_ms", {}).get("p99"), "%.2f"),
             num(cpu(j), "%.4f"), errs(j)))
+wrk = []
+for name, srv, how in (("wrk-nonce-acmegw-tls", "acmegw", "HTTPS"),
+                       ("wrk-nonce-acmegw-plain", "acmegw", "plain http"),
+                       ("wrk-nonce-pebble-tls", "pebble", "HTTPS")):
+    j = load(name)
+    if j:
+        c = cpu(j)
+        wrk.append("| newNonce, wrk, %s | %s | %s | %s | %s | %s | %s |" % (
+            how, srv, num(j.get("per_s"), "%.0f"), num(j.get("latency_ms", {}).get("p99"), "%.2f"),
+            num(c * 1000 if c else None, "%.1f"), num(2000.0 / c if c else None, "%.0f"), errs(j)))
+if wrk:
+    other += ["", "newNonce with `wrk -t2 -c64` (GET; wrk shares the two cores with the server). The "
+              "last but one column is what the server's own CPU per request allows on two cores "
+              "once the load generator runs elsewhere.", "",
+              "| run | server | requests/s | p99 ms | server CPU us/request | requests/s at 2 cores | errors |",
+              "|---|---|---|---|---|---|---|", *wrk]
 
 # crypto floor
 verify = sign = None
