@@ -987,6 +987,7 @@ done:
 static void cert_decoded_in_the_configured_libctx(void)
 {
     OSSL_LIB_CTX *keyless = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *null_prov = keyless != NULL ? OSSL_PROVIDER_load(keyless, "null") : NULL;
     struct hsm_signer *s = NULL;
     struct pre_state ps;
     EVP_PKEY *leaf_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
@@ -994,7 +995,7 @@ static void cert_decoded_in_the_configured_libctx(void)
     struct fx f;
 
     pre_state_init(&ps);
-    CHECK(keyless != NULL && OSSL_PROVIDER_load(keyless, "null") != NULL);
+    CHECK(keyless != NULL && null_prov != NULL);
     CHECK_INT(fx_setup(&f, HSM_KEY_EC_P256), 0);
     f.cfg.precheck = precheck;
     f.cfg.precheck_arg = &ps;
@@ -1023,6 +1024,8 @@ done:
     hsm_signer_free(s);
     fx_done(&f);
     pre_state_destroy(&ps);
+    if (null_prov != NULL)
+        OSSL_PROVIDER_unload(null_prov);
     OSSL_LIB_CTX_free(keyless);
 }
 
