@@ -35,7 +35,8 @@ struct gw_default_class {
     unsigned validity_days;
 };
 
-/* store: {driver, path, conninfo_file, pool_size, prepared_statements}; the alternative to store_path (exactly one is given). */
+/* store: {driver, path, conninfo_file, pool_size, prepared_statements}; the alternative to
+ * store_path (exactly one is given). */
 struct gw_store_cfg {
     char *driver;        /* "sqlite" (default) or "postgresql" */
     char *path;          /* sqlite: the database file */
