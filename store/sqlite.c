@@ -522,8 +522,9 @@ static void wr_unlock(struct st_store *s)
 
 /*
  * Group commit, for the writes of the issuance path (st_order_create, st_order_transition,
- * st_order_start_processing, st_cert_issue) and of enrolment (st_account_create). With synchronous=FULL every COMMIT is a WAL fsync with write_lock held, so under
- * concurrency the fsyncs queue one behind the other. Here an operation runs inside SAVEPOINT b of
+ * st_order_start_processing, st_cert_issue) and of enrolment (st_account_create). With
+ * synchronous=FULL every COMMIT is a WAL fsync with write_lock held, so under concurrency the
+ * fsyncs queue one behind the other. Here an operation runs inside SAVEPOINT b of
  * a shared "batch" transaction; when it is done and other writers are already queued on
  * write_lock, it leaves the transaction open for them and waits; the last writer of a burst (or
  * the ST_BATCH_MAX-th) commits once, with one fsync, for everyone in the batch. No operation

@@ -21,8 +21,8 @@
 #ifndef AGW_STORE_H
 #define AGW_STORE_H
 
-#include <stddef.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define ST_ID_LEN     32  /* 22 chars + NUL, room to spare */
