@@ -471,14 +471,16 @@ int pol_check_csr(const struct pol_class *c, const X509_REQ *csr, const struct p
         pol_detail(detail, detail_size, "CSR public key does not parse");
         goto fail;
     }
-    if (X509_REQ_verify(req, key) != 1) {
-        pol_detail(detail, detail_size, "CSR signature does not verify");
-        goto fail;
-    }
+    /* the class's key rules first: a key it refuses costs no signature verification (an RSA
+     * key up to 3072 bits may carry an exponent as long as its modulus) */
     err = pol_check_key(c, key, detail, detail_size);
     if (err != 0)
         goto fail;
     err = AGW_ERR_BAD_CSR;
+    if (X509_REQ_verify(req, key) != 1) {
+        pol_detail(detail, detail_size, "CSR signature does not verify");
+        goto fail;
+    }
     if (EVP_PKEY_eq(key, account_key) == 1) {
         pol_detail(detail, detail_size, "CSR key is the account key");
         goto fail;

@@ -368,6 +368,22 @@ static void csr_rsa_1024_is_bad_public_key(void)
     CHECK_INT(csr_check(bad, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_PUBLIC_KEY);
     CHECK_STR(detail, "key type rsa-1024 not allowed for class default "
                       "(allowed: ec-p256, ec-p384, rsa>=2048)");
+    /* the key rules come before the signature: a refused key costs no verification */
+    {
+        unsigned char *der = NULL;
+        const unsigned char *p;
+        int len = i2d_X509_REQ(bad, &der);
+        X509_REQ *tampered;
+
+        CHECK(len > 10);
+        der[len - 1] ^= 0x01; /* the signature's last byte */
+        p = der;
+        tampered = d2i_X509_REQ(NULL, &p, len);
+        CHECK_INT(csr_check(tampered, want, 1, account, detail, sizeof(detail)),
+                  AGW_ERR_BAD_PUBLIC_KEY);
+        X509_REQ_free(tampered);
+        OPENSSL_free(der);
+    }
     X509_REQ_free(bad);
     X509_REQ_free(good);
     EVP_PKEY_free(small);
