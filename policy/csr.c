@@ -29,6 +29,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
@@ -307,12 +308,31 @@ static void allowed_keys_text(const struct pol_key_rules *k, char *buf, size_t s
 #undef APPEND
 }
 
+/* CA/B Baseline Requirements 6.1.6: an odd exponent of 3 or more, and at most 2^256 - 1 (there
+ * a SHOULD; here a bound, since OpenSSL verifies with a 3072-bit key's exponent as long as its
+ * modulus, as slowly as a private-key operation). */
+static bool rsa_exponent_ok(const EVP_PKEY *key)
+{
+    BIGNUM *e = NULL;
+    bool ok = EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &e) == 1 && BN_is_odd(e) &&
+              BN_num_bits(e) >= 2 && BN_num_bits(e) <= POL_RSA_MAX_EXPONENT_BITS;
+
+    BN_free(e);
+    return ok;
+}
+
 int pol_check_key(const struct pol_class *c, const EVP_PKEY *key, char *detail, size_t detail_size)
 {
     char name[80], allowed[128];
     unsigned kind = pol_key_kind_of(key, name, sizeof(name));
     bool ok = (kind & c->keys.kinds) != 0;
 
+    if (ok && kind == POL_KEY_RSA && !rsa_exponent_ok(key)) {
+        pol_detail(detail, detail_size,
+                   "RSA public exponent must be odd, at least 3 and at most %d bits",
+                   POL_RSA_MAX_EXPONENT_BITS);
+        return AGW_ERR_BAD_PUBLIC_KEY;
+    }
     if (ok && kind == POL_KEY_RSA) {
         int bits = EVP_PKEY_get_bits(key);
         unsigned max = c->keys.rsa_max_bits < POL_RSA_HARD_MAX_BITS ? c->keys.rsa_max_bits

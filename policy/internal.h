@@ -33,6 +33,7 @@
 #define POL_MAX_CSR_NAMES 1000
 /* RSA keys above this are refused whatever a class says: verify cost grows with the size. */
 #define POL_RSA_HARD_MAX_BITS 8192
+#define POL_RSA_MAX_EXPONENT_BITS 256 /* CA/B BR 6.1.6: e <= 2^256 - 1 */
 /* notBefore is set this far in the past so clients with a slow clock accept the certificate. */
 #define POL_BACKDATE_S 60
 /* pol_check_final(): slack between pol_build_cert() and the final check (HSM queue, clock). */

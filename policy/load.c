@@ -30,7 +30,8 @@
  *     method: pre-authorized            # or http-01
  *     sources: [127.0.0.0/8]            # optional, pre-authorized only: client source CIDRs
  *   csr:
- *     keys: [ec-p256, ec-p384, "rsa>=3072", ed25519]
+ *     keys: [ec-p256, ec-p384, "rsa>=3072", ed25519]  # RSA: at most 8192 bits, and always an
+ *                                       # odd exponent of 3..256 bits (CA/B BR 6.1.6)
  *     subject_cn: optional              # optional: optional | required | forbidden
  *   subject:                            # optional
  *     empty: false                      # true: no CN in certificates, SAN critical

@@ -17,8 +17,11 @@
 #include <unistd.h>
 
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 
 #define NOW ((time_t)1780000000) /* 2026-05-28 */
@@ -389,6 +392,67 @@ static void csr_rsa_1024_is_bad_public_key(void)
     EVP_PKEY_free(small);
     EVP_PKEY_free(ok);
     EVP_PKEY_free(account);
+}
+
+/* An RSA key of n's size with public exponent e (no private half: for key checks only). */
+static EVP_PKEY *rsa_with_exponent(const EVP_PKEY *like, const BIGNUM *e)
+{
+    BIGNUM *n = NULL;
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *key = NULL;
+
+    CHECK(EVP_PKEY_get_bn_param(like, OSSL_PKEY_PARAM_RSA_N, &n) == 1);
+    CHECK(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) == 1);
+    CHECK(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) == 1);
+    params = OSSL_PARAM_BLD_to_param(bld);
+    CHECK(EVP_PKEY_fromdata_init(ctx) == 1);
+    CHECK(EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) == 1);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(ctx);
+    BN_free(n);
+    return key;
+}
+
+static void csr_rsa_exponent_follows_the_baseline_requirements(void)
+{
+    EVP_PKEY_CTX *gen = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *e3 = NULL, *account = ec_key("P-256");
+    BIGNUM *three = BN_new(), *big = BN_new(), *even = BN_new();
+    const char *want[] = {"a.device.test"};
+    char detail[256];
+
+    CHECK(BN_set_word(three, 3) == 1);
+    CHECK(EVP_PKEY_keygen_init(gen) == 1 && EVP_PKEY_CTX_set_rsa_keygen_bits(gen, 2048) == 1 &&
+          EVP_PKEY_CTX_set1_rsa_keygen_pubexp(gen, three) == 1 && EVP_PKEY_keygen(gen, &e3) == 1);
+    X509_REQ *ok = make_csr(e3, NULL, "DNS:a.device.test");
+    CHECK_INT(csr_check(ok, want, 1, account, detail, sizeof(detail)), 0); /* odd, >= 3 */
+
+    /* 2^256 + 1 (257 bits) and 65536 (even): the same modulus, refused before any signature is
+     * looked at (these CSRs carry the e=3 key's signature, which cannot verify) */
+    CHECK(BN_lshift(big, BN_value_one(), 256) == 1 && BN_add_word(big, 1) == 1);
+    CHECK(BN_set_word(even, 65536) == 1);
+    BIGNUM *bad_e[] = {big, even};
+    for (size_t i = 0; i < 2; i++) {
+        EVP_PKEY *fake = rsa_with_exponent(e3, bad_e[i]);
+        X509_REQ *req = make_csr(e3, NULL, "DNS:a.device.test");
+
+        CHECK(X509_REQ_set_pubkey(req, fake) == 1);
+        CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)),
+                  AGW_ERR_BAD_PUBLIC_KEY);
+        CHECK_STR(detail, "RSA public exponent must be odd, at least 3 and at most 256 bits");
+        X509_REQ_free(req);
+        EVP_PKEY_free(fake);
+    }
+    X509_REQ_free(ok);
+    BN_free(three);
+    BN_free(big);
+    BN_free(even);
+    EVP_PKEY_free(e3);
+    EVP_PKEY_free(account);
+    EVP_PKEY_CTX_free(gen);
 }
 
 static void csr_ed25519_and_other_curves_rejected_by_default_class(void)
@@ -1454,6 +1518,7 @@ int main(void)
     RUN(csr_san_set_mismatch_is_bad_csr);
     RUN(csr_cn_not_in_sans_is_bad_csr);
     RUN(csr_rsa_1024_is_bad_public_key);
+    RUN(csr_rsa_exponent_follows_the_baseline_requirements);
     RUN(csr_ed25519_and_other_curves_rejected_by_default_class);
     RUN(csr_key_equal_to_account_key_is_bad_csr);
     RUN(csr_tampered_signature_is_bad_csr);
