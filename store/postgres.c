@@ -297,7 +297,7 @@ static int stmt_event(PGEventId id, void *info, void *pass)
     return 1;
 }
 
-/* Gives c a statement cache; 0, or AGW_ERR_NOMEM (c then works unprepared). */
+/* Gives c a statement cache. Returns 0 or AGW_ERR_NOMEM (conn_open then fails). */
 static int stmt_cache_attach(PGconn *c)
 {
     struct stmt_cache *sc = calloc(1, sizeof(*sc));
