@@ -72,6 +72,23 @@ static X509_REQ *make_csr(EVP_PKEY *key, const char *cn, const char *sans)
     return req;
 }
 
+/* A copy of req whose signature's last byte is flipped (decoded again from DER). */
+static X509_REQ *tampered_copy(X509_REQ *req)
+{
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    int len = i2d_X509_REQ(req, &der);
+    X509_REQ *out;
+
+    CHECK(len > 10);
+    der[len - 1] ^= 0x01; /* last byte of the signature */
+    p = der;
+    out = d2i_X509_REQ(NULL, &p, len);
+    CHECK(out != NULL);
+    OPENSSL_free(der);
+    return out;
+}
+
 /* A self-signed CA valid until not_after, with or without an SKI extension. */
 static X509 *make_issuer(EVP_PKEY *key, time_t not_after, int with_ski)
 {
@@ -364,7 +381,7 @@ static void csr_rsa_1024_is_bad_public_key(void)
     EVP_PKEY *small = rsa_key(1024), *ok = rsa_key(2048), *account = ec_key("P-256");
     const char *want[] = {"a.device.test"};
     X509_REQ *bad = make_csr(small, NULL, "DNS:a.device.test");
-    X509_REQ *good = make_csr(ok, NULL, "DNS:a.device.test");
+    X509_REQ *good = make_csr(ok, NULL, "DNS:a.device.test"), *tampered;
     char detail[256];
 
     CHECK_INT(csr_check(good, want, 1, account, detail, sizeof(detail)), 0);
@@ -372,21 +389,10 @@ static void csr_rsa_1024_is_bad_public_key(void)
     CHECK_STR(detail, "key type rsa-1024 not allowed for class default "
                       "(allowed: ec-p256, ec-p384, rsa>=2048)");
     /* the key rules come before the signature: a refused key costs no verification */
-    {
-        unsigned char *der = NULL;
-        const unsigned char *p;
-        int len = i2d_X509_REQ(bad, &der);
-        X509_REQ *tampered;
-
-        CHECK(len > 10);
-        der[len - 1] ^= 0x01; /* the signature's last byte */
-        p = der;
-        tampered = d2i_X509_REQ(NULL, &p, len);
-        CHECK_INT(csr_check(tampered, want, 1, account, detail, sizeof(detail)),
-                  AGW_ERR_BAD_PUBLIC_KEY);
-        X509_REQ_free(tampered);
-        OPENSSL_free(der);
-    }
+    tampered = tampered_copy(bad);
+    CHECK_INT(csr_check(tampered, want, 1, account, detail, sizeof(detail)),
+              AGW_ERR_BAD_PUBLIC_KEY);
+    X509_REQ_free(tampered);
     X509_REQ_free(bad);
     X509_REQ_free(good);
     EVP_PKEY_free(small);
@@ -493,21 +499,12 @@ static void csr_tampered_signature_is_bad_csr(void)
 {
     EVP_PKEY *key = ec_key("P-256"), *account = ec_key("P-256");
     const char *want[] = {"a.device.test"};
-    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test"), *tampered;
-    unsigned char *der = NULL;
-    const unsigned char *p;
-    int len = i2d_X509_REQ(req, &der);
+    X509_REQ *req = make_csr(key, NULL, "DNS:a.device.test"), *tampered = tampered_copy(req);
     char detail[256];
 
-    CHECK(len > 10);
-    der[len - 1] ^= 0x01; /* last byte of the signature's s */
-    p = der;
-    tampered = d2i_X509_REQ(NULL, &p, len);
-    CHECK(tampered != NULL);
     CHECK_INT(csr_check(req, want, 1, account, detail, sizeof(detail)), 0);
     CHECK_INT(csr_check(tampered, want, 1, account, detail, sizeof(detail)), AGW_ERR_BAD_CSR);
     CHECK_STR(detail, "CSR signature does not verify");
-    OPENSSL_free(der);
     X509_REQ_free(tampered);
     X509_REQ_free(req);
     EVP_PKEY_free(key);
